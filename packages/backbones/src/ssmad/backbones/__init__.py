@@ -1,0 +1,3 @@
+"""ssmad backbones."""
+
+__version__ = "0.1.0"

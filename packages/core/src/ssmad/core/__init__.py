@@ -1,0 +1,24 @@
+"""ssmad core: plugin registry, component configs, shared records and errors.
+
+    from ssmad.core import build, components
+    backbone = build("backbone", "resnet50", layers=["layer1", "layer2", "layer3"])
+"""
+
+from __future__ import annotations
+
+from .configs import (closest, config_to_dict, configclass, field, in_range, make_config, non_empty,
+                      non_negative, positive, suggest)
+from .errors import CheckpointError, ConfigError, DataError, SsmadError, TrainingError, UnknownComponentError
+from .hookspecs import hookimpl, hookspec
+from .records import AnomalyOutput, Sample
+from .registry import (KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry,
+                       reset_registry)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "Registry",
+    "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "build", "build_spec", "closest",
+    "components", "config_to_dict", "configclass", "describe", "field", "hookimpl", "hookspec", "in_range",
+    "make_config", "non_empty", "non_negative", "positive", "registry", "reset_registry", "suggest",
+]

@@ -1,0 +1,3 @@
+"""ssmad datasets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""ssmad heads."""
+
+__version__ = "0.1.0"

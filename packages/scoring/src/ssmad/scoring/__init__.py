@@ -1,0 +1,3 @@
+"""ssmad scoring."""
+
+__version__ = "0.1.0"

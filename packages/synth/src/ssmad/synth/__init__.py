@@ -1,0 +1,3 @@
+"""ssmad synth."""
+
+__version__ = "0.1.0"

@@ -1,3 +1,44 @@
-"""ssmad scoring."""
+"""ssmad scoring: anomaly-map post-processing, normalisation, fusion, metrics and reports.
+
+    from ssmad.scoring import evaluate
+    metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
+
+Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
+``quantile_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``,
+``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
+"""
+
+from .metrics import (
+                      AUPRO_FPR_LIMIT,
+                      IMAGE_METRICS,
+                      METRICS,
+                      PIXEL_METRICS,
+                      Metric,
+                      MetricResults,
+                      MetricUndefinedWarning,
+                      aupro,
+                      binarize_masks,
+                      evaluate,
+                      pixel_metrics,
+)
+from .postprocess import (
+                      BoxMax,
+                      BoxMaxConfig,
+                      Gaussian,
+                      GaussianConfig,
+                      NotFittedError,
+                      QuantileNorm,
+                      QuantileNormConfig,
+                      WeightedFusion,
+                      WeightedFusionConfig,
+                      gaussian_kernel1d,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",
+    "GaussianConfig", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError", "QuantileNorm",
+    "QuantileNormConfig", "WeightedFusion", "WeightedFusionConfig", "aupro", "binarize_masks", "evaluate",
+    "gaussian_kernel1d", "pixel_metrics",
+]

@@ -1,8 +1,47 @@
-"""ssmad-scoring plugin: registers this package's components."""
+"""ssmad-scoring plugin: registers post-processing, fusion and metric components."""
+
+from __future__ import annotations
+
+from functools import partial
 
 from ssmad.core import hookimpl
+
+from .metrics import METRICS, Metric
+from .postprocess import (
+    BoxMax,
+    BoxMaxConfig,
+    Gaussian,
+    GaussianConfig,
+    QuantileNorm,
+    QuantileNormConfig,
+    WeightedFusion,
+    WeightedFusionConfig,
+)
+
+_METRIC_SUMMARIES = {
+    "image_auroc": "image-level ROC AUC (scikit-learn)",
+    "image_ap": "image-level average precision (scikit-learn)",
+    "image_f1max": "image-level maximum F1 over thresholds",
+    "pixel_auroc": "pixel-level ROC AUC (exact, one sorted sweep)",
+    "pixel_ap": "pixel-level average precision (exact, one sorted sweep)",
+    "pixel_f1max": "pixel-level maximum F1 over thresholds",
+    "aupro": "area under the per-region-overlap curve for FPR <= 0.3, normalised to [0, 1]",
+}
+
+
+def _metric(name: str) -> Metric:
+    return Metric(name)
 
 
 @hookimpl
 def ssmad_register(register):
-    pass
+    register("postprocess", "box_max", BoxMax, config=BoxMaxConfig,
+             summary="box (mean) filter then max per image: maps B×1×H×W -> scores B (ALMRR)")
+    register("postprocess", "gaussian", Gaussian, config=GaussianConfig,
+             summary="separable Gaussian smoothing of maps, same size (scipy 'reflect' borders)")
+    register("postprocess", "quantile_norm", QuantileNorm, config=QuantileNormConfig,
+             summary="(m - q_low) / (q_high - q_low) with quantiles fitted on normal validation maps")
+    register("fusion", "weighted", WeightedFusion, config=WeightedFusionConfig,
+             summary="weighted sum of several anomaly maps")
+    for name in METRICS:
+        register("metric", name, partial(_metric, name), summary=_METRIC_SUMMARIES[name])

@@ -1,0 +1,323 @@
+"""Anomaly-map post-processing (kind ``postprocess``) and fusion (kind ``fusion``).
+
+Every component takes maps as torch tensors B×1×H×W (B×H×W is accepted too) or numpy arrays of those
+shapes, and answers in the type it was given (numpy in, numpy out; torch keeps device and dtype).
+
+- :class:`BoxMax` (``box_max``): mean filter of ``size``×``size`` ('same' output, windows clipped at the
+  border) then the maximum per image: the image score of ALMRR's public code.
+- :class:`Gaussian` (``gaussian``): separable Gaussian smoothing with the same kernel and border handling as
+  ``scipy.ndimage.gaussian_filter`` (mode 'reflect', radius ``int(truncate * sigma + 0.5)``).
+- :class:`QuantileNorm` (``quantile_norm``): EfficientAD / VMPFD-AD normalisation
+  ``(m - q_low) / (q_high - q_low)`` with the quantiles fitted on maps of normal validation images.
+- :class:`WeightedFusion` (``weighted``): the weighted sum of several maps.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ssmad.core import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    SsmadError,
+    configclass,
+    field,
+    in_range,
+    non_empty,
+    positive,
+)
+
+
+class NotFittedError(SsmadError, RuntimeError):
+    """A fitted component (``quantile_norm``) used before ``fit`` or ``load_state_dict``."""
+
+
+def _odd(inst: Any, attribute: Any, value: int) -> None:
+    if value % 2 != 1:
+        raise ValueError(f"parameter {attribute.name!r} must be an odd number (a centred window), got {value!r}")
+
+
+def _finite_values(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError(f"parameter {attribute.name!r} must hold finite numbers, got {value!r}")
+
+
+def _maps_tensor(maps: Any, what: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """maps as a float tensor B×1×H×W, and a function that turns a result back into the caller's type."""
+    if isinstance(maps, torch.Tensor):
+        t = maps.detach()
+        back: Callable[[torch.Tensor], Any] = lambda r: r  # noqa: E731
+    else:
+        try:
+            arr = np.asarray(maps)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{what}: maps cannot be read as an array: {exc}") from None
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{what}: maps must be numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        back = lambda r: r.cpu().numpy()  # noqa: E731
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    if t.ndim != 4 or t.shape[1] != 1:
+        raise DataError(f"{what}: expected maps of shape B×1×H×W or B×H×W, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.float()
+    elif t.dtype in (torch.float16, torch.bfloat16) and t.device.type == "cpu":
+        t = t.float()
+    return t, back
+
+
+def _restore_shape(result: torch.Tensor, like: Any) -> torch.Tensor:
+    return result.squeeze(1) if len(like.shape) == 3 else result
+
+
+# ---- box_max ---------------------------------------------------------------------------------------------
+
+@configclass
+class BoxMaxConfig:
+    size: int = field(default=9, validator=[positive, _odd])
+
+
+class BoxMax:
+    """Mean filter ``size``×``size`` then max per image: maps B×1×H×W -> scores (B,)."""
+
+    def __init__(self, cfg: BoxMaxConfig | None = None) -> None:
+        self.size = (cfg or BoxMaxConfig()).size
+
+    def smooth(self, maps: Any) -> Any:
+        """The box-filtered maps ('same' size; windows that leave the image average only the pixels inside)."""
+        t, back = _maps_tensor(maps, "box_max")
+        k = self.size
+        out = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
+        return back(_restore_shape(out, maps))
+
+    def __call__(self, maps: Any) -> Any:
+        t, back = _maps_tensor(maps, "box_max")
+        k = self.size
+        out = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
+        return back(out.amax(dim=(1, 2, 3)))
+
+    def __repr__(self) -> str:
+        return f"BoxMax(size={self.size})"
+
+
+# ---- gaussian --------------------------------------------------------------------------------------------
+
+@configclass
+class GaussianConfig:
+    sigma: float = field(default=4.0, validator=positive)
+    truncate: float = field(default=4.0, validator=positive)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The normalised 1-D kernel ``scipy.ndimage.gaussian_filter`` uses (radius ``int(truncate*sigma+0.5)``)."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-``n`` axis padded by ``radius`` on both sides, mirrored about the edges
+    (``d c b a | a b c d | d c b a``, scipy's 'reflect'); works for any radius."""
+    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+class Gaussian:
+    """Separable Gaussian smoothing of maps B×1×H×W (same size out), as ``scipy.ndimage.gaussian_filter``."""
+
+    def __init__(self, cfg: GaussianConfig | None = None) -> None:
+        cfg = cfg or GaussianConfig()
+        self.sigma = cfg.sigma
+        self.truncate = cfg.truncate
+        self._kernel = torch.from_numpy(gaussian_kernel1d(cfg.sigma, cfg.truncate))
+
+    @property
+    def radius(self) -> int:
+        return (self._kernel.numel() - 1) // 2
+
+    def __call__(self, maps: Any) -> Any:
+        t, back = _maps_tensor(maps, "gaussian")
+        r = self.radius
+        if r == 0:
+            return back(_restore_shape(t.clone(), maps))
+        k = self._kernel.to(device=t.device, dtype=t.dtype)
+        h, w = t.shape[-2:]
+        x = t.index_select(2, _reflect_index(h, r, t.device))
+        x = F.conv2d(x, k.view(1, 1, -1, 1))
+        x = x.index_select(3, _reflect_index(w, r, t.device))
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        return back(_restore_shape(x, maps))
+
+    def __repr__(self) -> str:
+        return f"Gaussian(sigma={self.sigma}, truncate={self.truncate})"
+
+
+# ---- quantile_norm ---------------------------------------------------------------------------------------
+
+@configclass
+class QuantileNormConfig:
+    q_low: float = field(default=0.9, validator=in_range(0.0, 1.0))
+    q_high: float = field(default=0.995, validator=in_range(0.0, 1.0))
+    max_samples: int = field(default=10_000_000, validator=positive)
+    seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.q_low < self.q_high:
+            raise ValueError(f"parameter 'q_low' ({self.q_low}) must be smaller than 'q_high' ({self.q_high})")
+
+
+def _flat_values(x: Any, what: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.is_floating_point() and x.element_size() < 4:
+            x = x.float()
+        arr = x.cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{what}: cannot be read as an array: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{what}: maps must be numbers, got dtype {arr.dtype}")
+    return arr.reshape(-1)
+
+
+class QuantileNorm:
+    """``(m - q_low_value) / (q_high_value - q_low_value)`` with quantiles of normal validation maps.
+
+    ``fit(maps)`` takes one array/tensor or an iterable of batches; when they hold more than ``max_samples``
+    values, an equal fraction of every batch is drawn (with a generator seeded by ``seed``). If both quantiles
+    are equal (constant maps) the maps are only shifted (scale 1) and a warning says so.
+    """
+
+    def __init__(self, cfg: QuantileNormConfig | None = None) -> None:
+        self.cfg = cfg or QuantileNormConfig()
+        self.q_low_value: float | None = None
+        self.q_high_value: float | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.q_low_value is not None and self.q_high_value is not None
+
+    @property
+    def scale(self) -> float:
+        self._require_fitted()
+        span = self.q_high_value - self.q_low_value  # type: ignore[operator]
+        return span if span > 0 else 1.0
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise NotFittedError("quantile_norm: not fitted; call fit(maps of normal validation images) "
+                                 "or load_state_dict() from a checkpoint first")
+
+    def fit(self, maps: Any) -> QuantileNorm:
+        if isinstance(maps, torch.Tensor | np.ndarray):
+            batches = [maps]
+        elif isinstance(maps, Iterable):
+            batches = list(maps)
+        else:
+            raise DataError(f"quantile_norm.fit: expected maps or an iterable of map batches, got {type(maps)}")
+        arrays = [_flat_values(b, f"quantile_norm.fit batch {i}") for i, b in enumerate(batches)]
+        total = sum(a.size for a in arrays)
+        if total == 0:
+            raise DataError("quantile_norm.fit: no map values given")
+        if total > self.cfg.max_samples:
+            rng = np.random.default_rng(self.cfg.seed)
+            rate = self.cfg.max_samples / total
+            arrays = [a[rng.integers(0, a.size, size=max(1, round(rate * a.size)))] for a in arrays if a.size]
+        sample = np.concatenate([a.astype(np.float64, copy=False) for a in arrays])
+        if not np.isfinite(sample).all():
+            raise DataError("quantile_norm.fit: the maps contain NaN or infinite values")
+        lo, hi = np.quantile(sample, [self.cfg.q_low, self.cfg.q_high])
+        self._set(float(lo), float(hi))
+        return self
+
+    def _set(self, lo: float, hi: float) -> None:
+        self.q_low_value, self.q_high_value = lo, hi
+        if hi == lo:
+            warnings.warn(f"quantile_norm: q_high value equals q_low value ({lo:g}), the maps look constant; "
+                          "normalised maps are only shifted (scale 1)", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, maps: Any) -> Any:
+        self._require_fitted()
+        lo, scale = self.q_low_value, self.scale
+        if isinstance(maps, torch.Tensor):
+            t = maps if maps.is_floating_point() else maps.float()
+            return (t - lo) / scale
+        arr = np.asarray(maps)
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float32)
+        return ((arr - lo) / scale).astype(arr.dtype, copy=False)
+
+    def state_dict(self) -> dict[str, float]:
+        self._require_fitted()
+        return {"q_low_value": float(self.q_low_value), "q_high_value": float(self.q_high_value)}  # type: ignore[arg-type]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        values = []
+        for key in ("q_low_value", "q_high_value"):
+            if key not in state:
+                raise CheckpointError(f"quantile_norm state: missing key {key!r} (found {sorted(state)})")
+            try:
+                v = float(state[key])
+            except (TypeError, ValueError):
+                raise CheckpointError(f"quantile_norm state: {key!r} must be a number, got {state[key]!r}") from None
+            if not math.isfinite(v):
+                raise CheckpointError(f"quantile_norm state: {key!r} must be finite, got {v}")
+            values.append(v)
+        if values[1] < values[0]:
+            raise CheckpointError(f"quantile_norm state: q_high_value {values[1]} < q_low_value {values[0]}")
+        self._set(values[0], values[1])
+
+    def __repr__(self) -> str:
+        fitted = f", q_low_value={self.q_low_value:g}, q_high_value={self.q_high_value:g}" if self.fitted else ""
+        return f"QuantileNorm(q_low={self.cfg.q_low}, q_high={self.cfg.q_high}{fitted})"
+
+
+# ---- weighted fusion -------------------------------------------------------------------------------------
+
+@configclass
+class WeightedFusionConfig:
+    weights: tuple[float, ...] = field(default=(0.5, 0.5), validator=[non_empty, _finite_values])
+
+
+class WeightedFusion:
+    """``fusion([map_a, map_b, ...]) = sum_i weights[i] * map_i`` (maps of one shape, numpy or torch)."""
+
+    def __init__(self, cfg: WeightedFusionConfig | None = None) -> None:
+        self.weights = (cfg or WeightedFusionConfig()).weights
+
+    def __call__(self, maps: Sequence[Any]) -> Any:
+        if isinstance(maps, torch.Tensor | np.ndarray) or not isinstance(maps, Sequence):
+            raise DataError("fusion 'weighted': expected a list of maps, one per weight")
+        if len(maps) != len(self.weights):
+            raise ConfigError(f"fusion 'weighted': got {len(maps)} maps but {len(self.weights)} weights "
+                              f"(parameter 'weights' = {list(self.weights)})")
+        shapes = {tuple(m.shape) if hasattr(m, "shape") else tuple(np.shape(m)) for m in maps}
+        if len(shapes) != 1:
+            raise DataError(f"fusion 'weighted': maps must share one shape, got {sorted(shapes)}")
+        if isinstance(maps[0], torch.Tensor):
+            first = maps[0]
+            dtype = first.dtype if first.is_floating_point() else torch.float32
+            out = torch.zeros(first.shape, dtype=dtype, device=first.device)
+            for w, m in zip(self.weights, maps):
+                out = out + w * torch.as_tensor(m, device=first.device).to(dtype)
+            return out
+        arrays = [np.asarray(m) for m in maps]
+        dtype = np.result_type(*[a.dtype for a in arrays], np.float32)
+        out_np = np.zeros(arrays[0].shape, dtype=dtype)
+        for w, a in zip(self.weights, arrays):
+            out_np += w * a
+        return out_np
+
+    def __repr__(self) -> str:
+        return f"WeightedFusion(weights={self.weights})"

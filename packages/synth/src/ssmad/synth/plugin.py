@@ -2,7 +2,10 @@
 
 from ssmad.core import hookimpl
 
+from .perlin import PerlinConfig, build_perlin
+
 
 @hookimpl
 def ssmad_register(register):
-    pass
+    register("synth", "perlin", build_perlin, config=PerlinConfig,
+             summary="Perlin-noise mask + augmented texture blending (DRAEM/ALMRR anomaly synthesis)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ssmad.datasets import DemoConfig, MTDConfig, build_demo, build_mtd
 from ssmad.datasets import demo as demo_module
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage
+
 from ssmad.scoring import METRICS, evaluate
 
 N, SIZE = 200, 256

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ssmad.core import build
 
 DTD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dtd"

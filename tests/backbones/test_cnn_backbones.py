@@ -9,6 +9,7 @@ import torch
 import torchvision.models as tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ssmad.backbones import IMAGENET_MEAN, IMAGENET_STD, ResNetBackbone, hub_checkpoint_dir
 from ssmad.core import ConfigError, DataError, build
 

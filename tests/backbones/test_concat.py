@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ssmad.backbones import concat_stages
 
 sizes = st.integers(1, 12)

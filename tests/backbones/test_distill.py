@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from ssmad.backbones import make_projection, read_image
 from ssmad.backbones.__main__ import main
 from ssmad.core import build

@@ -6,9 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
+
 from ssmad.backbones import IMAGENET_MEAN, IMAGENET_STD, PDN, pdn_output_size, read_pdn_file, save_pdn_weights
 from ssmad.core import ConfigError, DataError, build
-from torch import nn
 
 
 def efficientad_teacher(size: str, padding: bool = False, out: int = 384) -> nn.Sequential:

@@ -7,10 +7,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from ssmad_dataset_fixtures import make_mvtec
+
 from ssmad.core import ConfigError, DataError, build, components
 from ssmad.datasets import DEFECT_KINDS, DemoConfig, build_demo, open_dataset, parse_spec
 from ssmad.datasets import demo as demo_module
-from ssmad_dataset_fixtures import make_mvtec
 
 
 def test_demo_defaults():
@@ -98,8 +99,9 @@ def test_registered_components():
 
 
 def test_collate_with_dataloader():
-    from ssmad.datasets import collate_samples
     from torch.utils.data import DataLoader
+
+    from ssmad.datasets import collate_samples
 
     ds = build_demo(DemoConfig(category="grass", image_size=32, n_train=3, n_test_normal=1, n_test_anomalous=2))
     batch = next(iter(DataLoader(ds.test, batch_size=3, collate_fn=collate_samples)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ssmad_dataset_fixtures import box_mask, rgb, save, save_variant
+
 from ssmad.core import ConfigError, DataError, build
 from ssmad.datasets import FolderConfig, build_folder
-from ssmad_dataset_fixtures import box_mask, rgb, save, save_variant
 
 
 def _normal(root: Path, n: int = 10, name: str = "good") -> Path:

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from ssmad_dataset_fixtures import box_mask, rgb, save
+
 from ssmad.core import DataError
 from ssmad.datasets import Entry, list_images, load_entry, load_image, load_mask, resize_image, resize_mask
-from ssmad_dataset_fixtures import box_mask, rgb, save
 
 
 def test_modes_become_rgb_float(tmp_path):

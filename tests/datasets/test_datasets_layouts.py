@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from ssmad_dataset_fixtures import H, W, box_mask, make_btad, make_mtd, make_mvtec, make_nanotwice, make_visa, save
+
 from ssmad.core import ConfigError, DataError, Sample
 from ssmad.datasets import (
     BTADConfig,
@@ -24,7 +26,6 @@ from ssmad.datasets import (
     build_visa,
     load_mask,
 )
-from ssmad_dataset_fixtures import H, W, box_mask, make_btad, make_mtd, make_mvtec, make_nanotwice, make_visa, save
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from ssmad.core import ConfigError, build
 from ssmad.heads import ImageAutoencoder, image_decoder
 

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+
 from ssmad.heads.losses import dice_loss, focal_loss, ssim
 
 

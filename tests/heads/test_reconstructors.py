@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ssmad.core import ConfigError, build
 from ssmad.heads import FeatureReconstructor, TokenEncoder, decoder_output_size, feature_decoder
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
+
 from ssmad.core import ConfigError, DataError
 from ssmad.scoring import METRICS, MetricUndefinedWarning, aupro, evaluate, pixel_metrics
 from ssmad.scoring.metrics import _sweep

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
+
 from ssmad.core import KINDS, CheckpointError, ConfigError, DataError, make_config
 from ssmad.scoring import (
     BoxMax,

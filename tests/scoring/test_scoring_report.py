@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from ssmad.core import DataError
 from ssmad.scoring import METRICS
 from ssmad.scoring.report import (

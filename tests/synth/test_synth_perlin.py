@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
 from ssmad.core import ConfigError, DataError, build
 from ssmad.synth import AUGMENTATIONS, PerlinConfig, PerlinSynth, SynthSample, augment_texture, perlin_noise
 from ssmad.synth.noise import perlin_mask

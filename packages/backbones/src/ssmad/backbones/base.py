@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import attrs
 import torch
 import torch.nn.functional as F
-from ssmad.core import ConfigError
 from torch import Tensor, nn
+
+from ssmad.core import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor, nn
+
 from ssmad.core import CheckpointError, ConfigError, DataError, TrainingError, build
 from ssmad.core.device import resolve_device
 from ssmad.core.files import atomic_write
-from torch import Tensor, nn
 
 from .base import concat_stages
 from .efficientnet import LITE0_TABLE

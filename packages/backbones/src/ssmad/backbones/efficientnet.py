@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import timm
-from ssmad.core import DataError
 from torch import Tensor, nn
+
+from ssmad.core import DataError
 
 from .base import FrozenBackbone, StageInfo
 from .weights import load_into, read_state_dict, unwrap_state_dict

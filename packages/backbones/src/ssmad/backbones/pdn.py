@@ -34,8 +34,9 @@ from typing import Any, Literal
 
 import attrs
 import torch
-from ssmad.core import DataError
 from torch import Tensor, nn
+
+from ssmad.core import DataError
 
 from .base import ImageNetNormalize, check_image_batch
 from .weights import read_state_dict

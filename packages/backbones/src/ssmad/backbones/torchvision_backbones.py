@@ -29,8 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torchvision.models as tvm
-from ssmad.core import ConfigError
 from torch import nn
+
+from ssmad.core import ConfigError
 
 from .base import FrozenBackbone, StageInfo
 from .weights import load_into, read_state_dict, torchvision_state_dict, unwrap_state_dict

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ssmad.core import DataError
 from torch import Tensor, nn
+
+from ssmad.core import DataError
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "weights")
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")

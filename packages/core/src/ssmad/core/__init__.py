@@ -6,13 +6,22 @@
 
 from __future__ import annotations
 
-from .configs import (closest, config_to_dict, configclass, field, in_range, make_config, non_empty,
-                      non_negative, positive, suggest)
+from .configs import (
+                      closest,
+                      config_to_dict,
+                      configclass,
+                      field,
+                      in_range,
+                      make_config,
+                      non_empty,
+                      non_negative,
+                      positive,
+                      suggest,
+)
 from .errors import CheckpointError, ConfigError, DataError, SsmadError, TrainingError, UnknownComponentError
 from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
-from .registry import (KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry,
-                       reset_registry)
+from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
 __version__ = "0.1.0"
 

@@ -108,7 +108,9 @@ def coerce(value: Any, tp) -> Any:
         return value
     origin = get_origin(tp)
     if origin is Literal:
-        if value in get_args(tp) and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in get_args(tp))):
+        choices = get_args(tp)
+        bool_ok = any(isinstance(a, bool) for a in choices)
+        if value in choices and (bool_ok or not isinstance(value, bool)):
             return value
         raise ValueError
     if origin in (typing.Union, types.UnionType):

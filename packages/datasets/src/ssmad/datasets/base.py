@@ -11,6 +11,7 @@ from typing import Any, overload
 import attrs
 import numpy as np
 import torch
+
 from ssmad.core import DataError, Sample, suggest
 
 from .io import MaskRule, load_image, load_mask, read_unit, resize_image, resize_mask

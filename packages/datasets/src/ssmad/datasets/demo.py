@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
+
 from ssmad.core import ConfigError, DataError, Sample, configclass, field, non_negative, positive, suggest
 
 from .base import AnomalyDataset, MemoryList

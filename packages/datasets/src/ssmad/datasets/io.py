@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from ssmad.core import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

@@ -17,6 +17,7 @@ from .autoencoders import (
                            image_decoder,
 )
 from .layers import drop_path_schedule
+from .losses import dice_loss, focal_loss, ssim
 from .mdn import BlindSpotConv2d, MDNConfig, MixtureDensityHead, build_mdn
 from .mixers import ConvBlock, TokenEncoder, TransformerBlock
 from .reconstructors import (
@@ -40,6 +41,7 @@ __all__ = [
     "MDNConfig", "MixtureDensityHead", "ReconstructorConfig", "RefinerConfig", "RefinerUNet", "TokenEncoder",
     "TransformerBlock", "TransformerReconstructorConfig", "ViMAutoencoderConfig", "ViMReconstructorConfig",
     "build_cnn1x1", "build_cnn3x3", "build_cnn_ae", "build_mdn", "build_refiner", "build_transformer",
-    "build_vim", "build_vim_ae", "cnn_encoder", "decoder_output_size", "drop_path_schedule", "feature_decoder",
+    "build_vim", "build_vim_ae", "cnn_encoder", "decoder_output_size", "dice_loss", "drop_path_schedule",
+    "feature_decoder", "focal_loss", "ssim",
     "image_decoder", "level_widths",
 ]

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+
 from ssmad.core import ConfigError, configclass, field, in_range, non_empty, positive
 from ssmad.ssm import ViMEncoder
-from torch import nn
 
 from .layers import check_widths
 

@@ -31,8 +31,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from ssmad.core import ConfigError, configclass, field, positive
 from torch import nn
+
+from ssmad.core import ConfigError, configclass, field, positive
 
 LOG_2PI = math.log(2.0 * math.pi)
 

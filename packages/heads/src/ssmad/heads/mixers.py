@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from ssmad.core import ConfigError
 from ssmad.ssm import DropPath, ViMEncoder, map_to_tokens, tokens_to_map
-from torch import nn
 
 
 class ConvBlock(nn.Module):

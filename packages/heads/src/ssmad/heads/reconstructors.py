@@ -23,9 +23,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from ssmad.core import ConfigError, configclass, field, in_range, non_empty, positive
 from ssmad.ssm import ViMEncoder
-from torch import nn
 
 from .layers import check_widths, drop_path_schedule
 from .mixers import ConvBlock, TokenEncoder, TransformerBlock

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from ssmad.core import ConfigError, configclass, field, positive
 from torch import nn
+
+from ssmad.core import ConfigError, configclass, field, positive
 
 from .layers import conv_bn_relu
 

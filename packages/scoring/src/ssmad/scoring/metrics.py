@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
 from ssmad.core import ConfigError, DataError, suggest
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")

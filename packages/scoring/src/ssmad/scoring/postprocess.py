@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ssmad.core import (
     CheckpointError,
     ConfigError,

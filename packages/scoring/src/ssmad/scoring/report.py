@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ssmad.core import DataError
 from ssmad.core.files import atomic_write, atomic_write_text
 

@@ -13,6 +13,7 @@ from typing import Literal
 import attrs
 import numpy as np
 from scipy import ndimage
+
 from ssmad.core import configclass, field, in_range, non_negative
 
 from .augment import AUGMENTATIONS, augment_texture

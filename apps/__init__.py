@@ -1,0 +1,1 @@
+"""ssmad applications: ``python -m apps.almrr`` and ``python -m apps.vmpfd``."""

@@ -1,0 +1,1 @@
+"""ALMRR: Mamba feature reconstruction and refinement for anomaly localisation on textured surfaces."""

@@ -1,0 +1,117 @@
+"""ALMRR: frozen backbone features → Mamba feature reconstruction (MFRM) → refinement U-Net (FRM).
+
+Training (DESIGN §5): a Perlin-mask synthetic anomaly I_a is made from each clean image I; both go through
+the frozen backbone (shared weights); the reconstructor maps F = φ(I_a) to F̂ and is pulled towards φ(I)
+(L_rec, mean squared distance); the refiner sees concat(channel-mean(F̂), channel-mean(F)) and segments
+the synthetic mask (focal γ=2 + dice). At test time the anomaly map is the refiner's anomalous-class
+probability at input resolution (without a refiner: the squared feature distance ‖F̂ − F‖² per position),
+and the image score is the max of its 9×9 box-filtered map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssmad.core import AnomalyOutput, ConfigError, Sample
+from ssmad.heads.losses import dice_loss, focal_loss
+
+from ..common.config import build_role, component, section_value
+from ..common.method import Method
+
+
+class ALMRR(Method):
+    app = "almrr"
+    alternatives = {
+        "backbone": ["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg19", "efficientnet_lite0"],
+        "reconstructor": ["vim", "cnn1x1", "cnn3x3", "transformer"],
+    }
+
+    def __init__(self, config: dict[str, Any], device: torch.device):
+        super().__init__(config, device)
+        from ssmad.backbones import concat_stages
+
+        self.concat_stages = concat_stages
+        m = config["method"]
+        self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
+        self.feature_size = section_value(config, "method", "feature_size", int, lambda v: v >= 4,
+                                          "an integer >= 4")
+        self.lambdas = {k: float(m.get(f"lambda_{k}", 1.0)) for k in ("rec", "focal", "dice")}
+        self.gamma = float(m.get("focal_gamma", 2.0))
+        backbone = build_role(config, "backbone")
+        if backbone is None:
+            raise ConfigError("pipeline.backbone: ALMRR needs a backbone")
+        channels = int(sum(backbone.channels))
+        self.modules["backbone"] = backbone
+        self.modules["reconstructor"] = build_role(config, "reconstructor", in_channels=channels,
+                                                   feature_size=self.feature_size)
+        if self.modules["reconstructor"] is None:
+            raise ConfigError("pipeline.reconstructor: ALMRR needs a reconstructor")
+        refiner = build_role(config, "refiner", in_channels=2, out_channels=2)
+        if refiner is not None:
+            self.modules["refiner"] = refiner
+        self.synth = build_role(config, "synth") if component(config, "synth") else None
+        if self.synth is None:
+            raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
+        self.score = build_role(config, "score")
+        self.modules.to(device)
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return ("backbone.",)
+
+    def parameters(self):
+        return [p for name, mod in self.modules.items() if name != "backbone" for p in mod.parameters()
+                if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        self.modules["backbone"].eval()
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        image = sample.image.permute(1, 2, 0).numpy()
+        clean, anomalous, mask = self.synth(image, rng)
+        return {"clean": torch.from_numpy(np.ascontiguousarray(clean, np.float32)).permute(2, 0, 1),
+                "anomalous": torch.from_numpy(np.ascontiguousarray(anomalous, np.float32)).permute(2, 0, 1),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]}
+
+    # -- model --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.concat_stages(self.modules["backbone"](images), self.feature_size)
+
+    def refine(self, recon: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([recon.mean(1, keepdim=True), feats.mean(1, keepdim=True)], 1)
+        return self.modules["refiner"](x)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = batch["clean"].shape[0]
+        both = self.features(torch.cat([batch["clean"], batch["anomalous"]]))
+        target, feats = both[:n], both[n:]
+        recon = self.modules["reconstructor"](feats)
+        l_rec = F.mse_loss(recon, target)
+        out = {"rec": l_rec}
+        loss = self.lambdas["rec"] * l_rec
+        if "refiner" in self.modules:
+            logits = F.interpolate(self.refine(recon, feats), size=batch["mask"].shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            l_focal = focal_loss(logits, batch["mask"], gamma=self.gamma)
+            l_dice = dice_loss(torch.softmax(logits, 1)[:, 1:], batch["mask"])
+            loss = loss + self.lambdas["focal"] * l_focal + self.lambdas["dice"] * l_dice
+            out.update(focal=l_focal, dice=l_dice)
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        feats = self.features(images)
+        recon = self.modules["reconstructor"](feats)
+        if "refiner" in self.modules:
+            amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]
+        else:
+            amap = ((recon - feats) ** 2).mean(1, keepdim=True)
+        amap = F.interpolate(amap, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return AnomalyOutput(anomaly_map=amap, score=self.score(amap))

@@ -1,0 +1,131 @@
+"""App configuration: the pipeline TOML shipped with each app, presets, ``--config`` files and ``--set``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ssmad.core import ConfigError
+from ssmad.core.files import apply_overrides, load_toml, merge
+
+SECTIONS = ("data", "train", "method", "pipeline")
+PIPELINE_META = ("role", "enabled")  # keys of a pipeline entry that are the app's, not the component's
+
+
+def presets(app_dir: Path) -> list[str]:
+    return sorted(p.stem for p in (app_dir / "presets").glob("*.toml"))
+
+
+def load_config(app_dir: Path, preset: str | None, config_file: str | None, overrides: list[str]) -> dict[str, Any]:
+    """pipeline.toml ← presets/<preset>.toml ← --config FILE ← --set key=value (later wins)."""
+    config = load_toml(app_dir / "pipeline.toml")
+    if preset:
+        path = app_dir / "presets" / f"{preset}.toml"
+        if not path.is_file():
+            from ssmad.core import suggest
+            raise ConfigError(f"--preset {preset!r}: unknown preset; available: {suggest(preset, presets(app_dir))}")
+        config = merge_config(config, load_toml(path), str(path))
+    if config_file:
+        config = merge_config(config, load_toml(config_file), config_file)
+    config = apply_overrides(config, overrides)
+    check_config(config)
+    return config
+
+
+def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, Any]:
+    """Merge a config file over ``base``; pipeline entries merge by ``role`` (a file names only what it changes)."""
+    unknown = [k for k in over if k not in SECTIONS]
+    if unknown:
+        from ssmad.core import suggest
+        raise ConfigError(f"{where}: unknown section {unknown[0]!r}; allowed: {suggest(unknown[0], SECTIONS)}")
+    pipeline = over.get("pipeline")
+    out = merge(base, {k: v for k, v in over.items() if k != "pipeline"})
+    if pipeline is not None:
+        entries = {e["role"]: dict(e) for e in out.get("pipeline", [])}
+        order = [e["role"] for e in out.get("pipeline", [])]
+        for item in pipeline:
+            role = item.get("role")
+            if role is None:
+                raise ConfigError(f"{where}: every [[pipeline]] entry needs a 'role'")
+            if role in entries and item.get("name", entries[role].get("name")) != entries[role].get("name"):
+                entries[role] = dict(item, kind=item.get("kind", entries[role].get("kind")))  # swapped component
+            elif role in entries:
+                entries[role] = merge(entries[role], item)
+            else:
+                entries[role] = dict(item)
+                order.append(role)
+        out["pipeline"] = [entries[r] for r in order]
+    return out
+
+
+NUMBER = (int, float)
+TRAIN_KEYS = {  # key: (types, predicate, description)
+    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
+    "lr": (NUMBER, lambda v: v > 0, "a number > 0"),
+    "weight_decay": (NUMBER, lambda v: v >= 0, "a number >= 0"),
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "val_fraction": (NUMBER, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "threshold_quantile": (NUMBER, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "workers": (int, lambda v: v >= 0, "an integer >= 0"),
+    "log_every_s": (NUMBER, lambda v: v >= 0, "a number >= 0"),
+}
+
+
+def check_config(config: dict[str, Any]) -> None:
+    for section in SECTIONS:
+        if section not in config:
+            raise ConfigError(f"config: missing section [{section}]")
+    for key, (types, check, what) in TRAIN_KEYS.items():
+        section_value(config, "train", key, types, check, what)
+    unknown = [k for k in config["train"] if k not in TRAIN_KEYS]
+    if unknown:
+        from ssmad.core import suggest
+        raise ConfigError(f"config: unknown key train.{unknown[0]}; allowed: {suggest(unknown[0], TRAIN_KEYS)}")
+    section_value(config, "data", "spec", str, None, "a string KIND:PATH")
+    section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
+    for entry in config["pipeline"]:
+        for key in ("role", "kind", "name"):
+            if key not in entry:
+                raise ConfigError(f"config: pipeline entry {entry.get('role', entry)!r} lacks {key!r}")
+
+
+def component(config: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """The pipeline entry of ``role`` or None when absent or ``enabled = false``."""
+    for entry in config["pipeline"]:
+        if entry["role"] == role:
+            return entry if entry.get("enabled", True) else None
+    return None
+
+
+def component_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """The component's own parameters; the string "none" stands for None (TOML has no null)."""
+    return {k: (None if v == "none" else v) for k, v in entry.items() if k not in PIPELINE_META + ("kind", "name")}
+
+
+def build_role(config: dict[str, Any], role: str, **extra):
+    """Build the component of ``role`` (``extra`` fills parameters the entry does not set)."""
+    from ssmad.core import build
+
+    entry = component(config, role)
+    if entry is None:
+        return None
+    params = {**extra, **component_params(entry)}
+    try:
+        return build(entry["kind"], entry["name"], **params)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline.{role}: {exc}") from None
+
+
+def section_value(config: dict[str, Any], section: str, key: str, types: type | tuple[type, ...],
+                  check=None, what: str = "") -> Any:
+    """A value of [section] with a type check and an optional predicate; errors name ``section.key``."""
+    if key not in config[section]:
+        raise ConfigError(f"config: missing {section}.{key}")
+    value = config[section][key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(f"config: {section}.{key} must be {what or types}, got {value!r}")
+    if not isinstance(value, types) or (check is not None and not check(value)):
+        raise ConfigError(f"config: {section}.{key} must be {what or types}, got {value!r}")
+    return value

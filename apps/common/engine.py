@@ -1,0 +1,171 @@
+"""The training loop and batched inference shared by the apps."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssmad.core import TrainingError
+
+from .data import Images, TrainItems, loader, open_data, split_validation
+from .method import Method
+from .runs import load_checkpoint, save_checkpoint, write_config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def log(run_dir: Path | None, line: str) -> None:
+    print(line, flush=True)
+    if run_dir is not None:
+        with open(run_dir / "train.log", "a") as fh:
+            fh.write(line + "\n")
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train ``method``; checkpoint every epoch; return the final payload (also written to ``model.pt``)."""
+    t = config["train"]
+    seed = int(t["seed"])
+    seed_everything(seed)
+    data = open_data(config)
+    train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
+    method.prepare(run_dir, data.train, train_idx)
+    write_config(run_dir, config)
+    items = TrainItems(data.train, train_idx, method.train_item, seed)
+    batch_size = min(int(t["batch_size"]), len(items))
+    dl = loader(items, batch_size, shuffle=True, workers=int(t["workers"]), seed=seed)
+    optimizer = method.make_optimizer()
+    epochs = int(t["epochs"])
+    start_epoch, history, train_seconds = 0, [], 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, method.app)
+        method.load_state_dict(ckpt["state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+        train_seconds = float(ckpt.get("train_seconds", 0.0))
+        torch.set_rng_state(ckpt["torch_rng"])
+        log(run_dir, f"resumed from {ckpt_path} after epoch {start_epoch}/{epochs}")
+    log(run_dir, f"data: {config['data']['spec']} category={data.category or '-'}: {len(train_idx)} train, "
+                 f"{len(val_idx)} validation, {len(data.test)} test images")
+    log(run_dir, f"model: {method.describe()}; device {method.device}; {epochs} epochs x {len(dl)} steps")
+    steps_total = epochs * len(dl)
+    steps_done = start_epoch * len(dl)
+    t_start = time.perf_counter()
+    steps_at_start = steps_done
+    last_print = 0.0
+    interval = float(t.get("log_every_s", 10.0))
+    for epoch in range(start_epoch, epochs):
+        items.epoch = epoch
+        method.train(True)
+        sums: dict[str, float] = {}
+        t_epoch = time.perf_counter()
+        for step, batch in enumerate(dl):
+            batch = _to(batch, method.device)
+            losses = method.train_step(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+                where = f"; the checkpoint of epoch {epoch} is kept in {ckpt_path}" if ckpt_path.exists() else ""
+                raise TrainingError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} ({terms}); "
+                                    f"lower train.lr or check the data{where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            steps_done += 1
+            now = time.perf_counter()
+            if now - last_print >= interval or step == len(dl) - 1:
+                last_print = now
+                rate = (now - t_start) / max(1, steps_done - steps_at_start)
+                terms = " ".join(f"{k} {v / (step + 1):.4f}" for k, v in sums.items())
+                log(run_dir, f"epoch {epoch + 1}/{epochs} step {step + 1}/{len(dl)} {terms} "
+                             f"| ETA {fmt_time(rate * (steps_total - steps_done))}")
+        train_seconds += time.perf_counter() - t_epoch
+        record = {"epoch": epoch + 1, **{k: v / len(dl) for k, v in sums.items()},
+                  "seconds": round(time.perf_counter() - t_epoch, 2)}
+        history.append(record)
+        with open(run_dir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
+                                    "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()})
+    # statistics on normal validation images, then decision thresholds
+    method.train(False)
+    val_images = [data.train[i].image for i in val_idx]
+    method.after_training(val_images)
+    thresholds = {}
+    if val_images:
+        scores, maps, _, _ = infer(method, data.train, val_idx, batch_size=int(t["eval_batch_size"]))
+        thresholds = decision_thresholds(scores, maps, float(t.get("threshold_quantile", 0.99)))
+    payload = {"app": method.app, "config": config, "state": method.state_dict(), "epoch": epochs,
+               "history": history, "train_seconds": train_seconds, "thresholds": thresholds,
+               "n_train": len(train_idx), "n_val": len(val_idx)}
+    save_checkpoint(run_dir / "model.pt", payload)
+    log(run_dir, f"trained {epochs} epochs in {fmt_time(train_seconds)}; model written to {run_dir / 'model.pt'}")
+    return payload
+
+
+def decision_thresholds(scores: np.ndarray, maps: np.ndarray, q: float) -> dict[str, float]:
+    """Image and pixel thresholds from normal validation images: the ``q`` quantile of their scores/pixels."""
+    flat = maps.reshape(-1)
+    if flat.size > 4_000_000:
+        flat = np.random.default_rng(0).choice(flat, 4_000_000, replace=False)
+    return {"image": float(np.quantile(scores, q)), "pixel": float(np.quantile(flat, q)),
+            "pixel_low": float(np.quantile(flat, 0.5)), "quantile": q}
+
+
+@torch.no_grad()
+def infer(method: Method, samples, indices: list[int] | None = None, batch_size: int = 8,
+          progress: str | None = None):
+    """Scores (N,) and maps (N, H, W) float32 of ``samples[indices]``, the branch maps a method reports in
+    ``AnomalyOutput.extras`` (name → (N, H, W)), and timing."""
+    method.train(False)
+    ds = Images(samples, indices)
+    dl = loader(ds, batch_size, shuffle=False, workers=0)
+    scores, maps, extras = [], [], {}
+    seconds = 0.0
+    done = 0
+    last = time.perf_counter()
+    for batch in dl:
+        images = batch["image"].to(method.device)
+        t0 = time.perf_counter()
+        out = method.predict(images)
+        if method.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        scores.append(out.score.float().cpu().numpy())
+        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
+        for name, m in out.extras.items():
+            extras.setdefault(name, []).append(m[:, 0].float().cpu().numpy())
+        done += len(images)
+        if progress and time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            print(f"{progress}: {done}/{len(ds)} images", file=sys.stderr, flush=True)
+    n = max(1, len(ds))
+    return (np.concatenate(scores) if scores else np.zeros(0, np.float32),
+            np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32),
+            {k: np.concatenate(v) for k, v in extras.items()},
+            {"seconds": seconds, "per_image_s": seconds / n, "batch_size": batch_size})

@@ -1,0 +1,89 @@
+"""What a method (ALMRR, VMPFD-AD) provides to the shared skeleton."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssmad.core import AnomalyOutput, Sample
+
+
+class Method:
+    """Base class. Subclasses build their modules from ``config["pipeline"]`` in ``__init__``.
+
+    The skeleton calls, in order: ``train_item`` (per training sample, in the data loader),
+    ``train_step`` (per batch), ``after_training`` (once, with normal validation images), then
+    ``predict`` (per batch) for ``test``/``predict``. ``state_dict``/``load_state_dict`` cover every
+    learned tensor and statistic.
+    """
+
+    app: str = ""
+    #: pipeline roles that are not models (listed by ``components``) — informational
+    alternatives: dict[str, list[str]] = {}
+
+    def __init__(self, config: dict[str, Any], device: torch.device):
+        self.config = config
+        self.device = device
+        self.modules = nn.ModuleDict()
+
+    # -- training ---------------------------------------------------------------------------------------
+    def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Turn one training sample into tensors for :meth:`train_step` (runs in the data loader)."""
+        return {"image": sample.image}
+
+    def parameters(self):
+        return [p for p in self.modules.parameters() if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config["train"]
+        return torch.optim.Adam(self.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)))
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch; key ``loss`` is minimised."""
+        raise NotImplementedError
+
+    def prepare(self, run_dir, samples, indices: list[int]) -> None:
+        """Once before training (and on resume): e.g. distil a feature extractor. Default: nothing."""
+
+    def after_training(self, normal_images: list[torch.Tensor]) -> None:
+        """Fit statistics (normalisation quantiles...) on normal validation images. Default: nothing."""
+
+    # -- inference --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> None:
+        self.modules.train(mode)
+
+    def describe(self) -> str:
+        n = sum(p.numel() for p in self.modules.parameters())
+        t = sum(p.numel() for p in self.parameters())
+        return f"{n / 1e6:.2f} M parameters ({t / 1e6:.2f} M trainable)"
+
+    # -- state --------------------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        trainable = {k: v for k, v in self.modules.state_dict().items() if not k.startswith(self.frozen_prefixes())}
+        return {"modules": trainable, "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing, unexpected = self.modules.load_state_dict(state["modules"], strict=False)
+        missing = [k for k in missing if not k.startswith(self.frozen_prefixes())]
+        if missing or unexpected:
+            from ssmad.core import CheckpointError
+            raise CheckpointError(f"checkpoint does not fit the pipeline: missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]}")
+        self.load_extra_state(state.get("extra", {}))
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """Module names whose weights come from elsewhere (frozen pretrained backbones) and are not saved."""
+        return ()

@@ -1,0 +1,1 @@
+"""VMPFD-AD: Vision-Mamba autoencoder + patch feature distribution with a mixture density network."""

@@ -1,0 +1,192 @@
+"""VMPFD-AD: patch-feature distribution (PDN + mixture density) ⊕ Vision-Mamba autoencoder, quantile fusion.
+
+- Local branch (PFDMM): frozen PDN features, pooled to the shared grid (256/32 = 8×8) → learnable 1×1 conv
+  adapter G_θ, concatenated with the ViM autoencoder's encoder map F_φ on the same grid → T → mixture density
+  head (π softmax, μ linear, σ softplus + floor) → per-position negative log-likelihood → upsampled: LAM.
+- Global branch (VMARN): ViM autoencoder reconstructs the image; GAM = pixel-wise squared error (Gaussian
+  smoothed by the ``smooth_global`` role).
+- Loss: NLL + λ₁·MSE + (1 − SSIM), λ₁ = 5. After training, LAM and GAM are normalised with the 0.9/0.995
+  quantiles of normal validation images and fused; image score = max of the fused map.
+
+Anti-collapse: T passes through a batch norm without affine parameters (unit variance per channel, so the
+adapter cannot shrink T to a constant that every input would match), the encoder map enters T detached (it is
+trained by reconstruction only, not pulled towards the density), and the density head has a bottleneck and
+a σ floor (``ssmad.heads`` mdn). Together the NLL cannot be driven down by making all inputs look alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmad.core import AnomalyOutput, ConfigError
+from ssmad.heads.losses import ssim
+
+from ..common.config import build_role, component, section_value
+from ..common.method import Method
+
+
+class VMPFD(Method):
+    app = "vmpfd"
+    alternatives = {"autoencoder": ["vim_ae", "cnn_ae"], "pdn": ["pdn_small", "pdn_medium"]}
+    branch_maps = ("local", "global")
+
+    def __init__(self, config: dict[str, Any], device: torch.device):
+        super().__init__(config, device)
+        m = config["method"]
+        self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
+        self.grid = section_value(config, "method", "grid", int, lambda v: v >= 1, "an integer >= 1")
+        adapter_dim = section_value(config, "method", "adapter_dim", int, lambda v: v >= 1, "an integer >= 1")
+        self.local_features = section_value(config, "method", "local_features", str,
+                                            lambda v: v in ("fused", "pdn"), '"fused" or "pdn"')
+        self.lambda_mse = float(m.get("lambda_mse", 5.0))
+        self.lambda_ssim = float(m.get("lambda_ssim", 1.0))
+        pdn = build_role(config, "pdn")
+        if pdn is None:
+            raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
+        self.modules["pdn"] = pdn
+        ae = build_role(config, "autoencoder", img_size=self.image_size)
+        if ae is None:
+            raise ConfigError("pipeline.autoencoder: VMPFD-AD needs an autoencoder (vim_ae or cnn_ae)")
+        self.modules["autoencoder"] = ae
+        with torch.no_grad():
+            latent = ae.encode(torch.zeros(1, 3, self.image_size, self.image_size))
+        if latent.shape[-1] != self.grid:
+            raise ConfigError(f"method.grid = {self.grid} but the autoencoder's encoder map is "
+                              f"{latent.shape[-2]}×{latent.shape[-1]}: set method.grid or the autoencoder's patch "
+                              f"(image_size / patch)")
+        self.modules["adapter"] = nn.Sequential(nn.Conv2d(int(sum(pdn.channels)), adapter_dim, 1),
+                                                nn.BatchNorm2d(adapter_dim, affine=False))
+        t_dim = adapter_dim
+        if self.local_features == "fused":
+            self.modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
+            t_dim += latent.shape[1]
+        self.modules["density"] = build_role(config, "density", in_channels=t_dim)
+        self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
+        self.norm_local = build_role(config, "norm_local")
+        self.norm_global = build_role(config, "norm_global")
+        self.fusion = build_role(config, "fusion")
+        self.modules.to(device)
+
+    # -- parameters -------------------------------------------------------------------------------------------
+    def parameters(self):
+        return [p for name, mod in self.modules.items() if name != "pdn" for p in mod.parameters()
+                if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.config["train"]
+        return torch.optim.AdamW(self.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        self.modules["pdn"].eval()
+
+    # -- PDN weights: distilled on the training images when no teacher file is given ----------------------------
+    def prepare(self, run_dir: Path, samples, indices: list[int]) -> None:
+        entry = component(self.config, "pdn")
+        if entry.get("weights") not in (None, "none", ""):
+            return
+        out = run_dir / "pdn.pt"
+        if not out.is_file():
+            self.distill_pdn(out, samples, indices)
+        # the distilled weights also travel inside every checkpoint (the PDN's state is saved with the model),
+        # so the config keeps weights = "none" and a run folder can be moved
+        pdn = build_role({"pipeline": [dict(entry, weights=str(out))]}, "pdn").to(self.device)
+        self.modules["pdn"] = pdn
+
+    def distill_pdn(self, out: Path, samples, indices: list[int]) -> None:
+        """Distil the PDN from ``method.distill_teacher`` on the training images only (never the test split)."""
+        import tempfile
+
+        from PIL import Image
+
+        from ssmad.backbones import DistillSettings, distill
+
+        m = self.config["method"]
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".distill-") as tmp:
+            for i in indices:  # the training images as files (also for in-memory datasets such as demo)
+                arr = (samples[i].image.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+                Image.fromarray(arr).save(Path(tmp) / f"{i:06d}.png")
+            print(f"distilling {component(self.config, 'pdn')['name']} from {m['distill_teacher']} on "
+                  f"{len(indices)} training images, {m['distill_steps']} steps -> {out}", flush=True)
+            distill(DistillSettings(
+                teacher=str(m["distill_teacher"]), images=tmp, out=str(out), steps=int(m["distill_steps"]),
+                pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.image_size,
+                batch_size=int(m.get("distill_batch_size", 8)), lr=float(m.get("distill_lr", 5e-4)),
+                seed=int(self.config["train"]["seed"]), device=str(self.device), workers=0,
+                log_every=max(1, int(m["distill_steps"]) // 20)))
+
+    # -- model ------------------------------------------------------------------------------------------------
+    def local_input(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pdn = self.modules["pdn"](images)[0]
+            pdn = F.adaptive_avg_pool2d(pdn, self.grid)
+        t = self.modules["adapter"](pdn)
+        if self.local_features == "fused":
+            t = torch.cat([t, self.modules["latent_norm"](latent.detach())], 1)
+        return t
+
+    def forward_maps(self, images: torch.Tensor):
+        recon, latent = self.modules["autoencoder"](images)
+        nll = self.modules["density"].nll(self.local_input(images, latent))  # B×g×g
+        return recon, nll
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        target = images * 2 - 1
+        recon, nll = self.forward_maps(images)
+        l_nll = nll.mean()
+        l_mse = F.mse_loss(recon, target)
+        l_ssim = 1 - ssim(recon, target, data_range=2.0)
+        loss = l_nll + self.lambda_mse * l_mse + self.lambda_ssim * l_ssim
+        return {"loss": loss, "nll": l_nll, "mse": l_mse, "ssim": l_ssim}
+
+    @torch.no_grad()
+    def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon, nll = self.forward_maps(images)
+        size = images.shape[-2:]
+        lam = F.interpolate(nll[:, None], size=size, mode="bilinear", align_corners=False)
+        gam = ((recon - (images * 2 - 1)) ** 2).mean(1, keepdim=True)
+        if self.smooth is not None:
+            gam = self.smooth(gam)
+        return lam, gam
+
+    def after_training(self, normal_images: list[torch.Tensor]) -> None:
+        if not normal_images:
+            raise ConfigError("train.val_fraction: VMPFD-AD needs normal validation images to fit the quantile "
+                              "normalisation; set train.val_fraction > 0")
+        lams, gams = [], []
+        bs = int(self.config["train"]["eval_batch_size"])
+        for i in range(0, len(normal_images), bs):
+            lam, gam = self.raw_maps(torch.stack(normal_images[i:i + bs]).to(self.device))
+            lams.append(lam.cpu())
+            gams.append(gam.cpu())
+        self.norm_local.fit(torch.cat(lams))
+        self.norm_global.fit(torch.cat(gams))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyOutput:
+        lam, gam = self.raw_maps(images)
+        lam, gam = self.norm_local(lam), self.norm_global(gam)
+        tam = self.fusion([lam, gam])
+        return AnomalyOutput(anomaly_map=tam, score=tam.flatten(1).amax(1),
+                             extras={"local": lam, "global": gam})
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        state = {}
+        for name in ("norm_local", "norm_global"):
+            try:
+                state[name] = getattr(self, name).state_dict()
+            except Exception:  # not fitted yet (epoch checkpoints before after_training)
+                pass
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        for name in ("norm_local", "norm_global"):
+            if name in state:
+                getattr(self, name).load_state_dict(state[name])

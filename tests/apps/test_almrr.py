@@ -1,0 +1,93 @@
+"""apps.almrr end to end on the smoke preset: train → test report → predict outputs, plus user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from apps.almrr.__main__ import APP
+
+from .helpers import run_app
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("almrr") / "run"
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run), "--device", "cpu")
+    assert code == 0, err
+    return run, out
+
+
+def test_train_writes_run_and_report(smoke_run):
+    run, out = smoke_run
+    for name in ("config.toml", "checkpoint.pt", "model.pt", "train.log", "history.jsonl"):
+        assert (run / name).is_file(), name
+    assert "epoch 1/1" in out and "ETA" in out
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    blob = json.dumps(metrics)
+    for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1max"):
+        assert key in blob
+    assert (run / "report" / "metrics.md").read_text().count("|") > 10
+    assert list((run / "report" / "figures").rglob("*.png"))
+
+
+def test_test_verb_and_predict(smoke_run, tmp_path):
+    run, _ = smoke_run
+    code, out, err = run_app(APP, "test", "--run", str(run), "--out", str(tmp_path / "rep"), "--figures", "2")
+    assert code == 0, err
+    assert (tmp_path / "rep" / "metrics.md").is_file() and "mean" in out
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(imgs / "a.png")
+    Image.fromarray((rng.random((30, 30)) * 255).astype(np.uint8), mode="L").save(imgs / "b.jpg")
+    out_dir = tmp_path / "pred"
+    code, out, err = run_app(APP, "predict", "--run", str(run), str(imgs), "--out", str(out_dir), "--save-maps")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out_dir / "predictions.csv")))
+    assert [r["image"].split("/")[-1] for r in rows] == ["a.png", "b.jpg"]
+    assert all(r["decision"] in ("normal", "anomalous") for r in rows)
+    amap = np.load(out_dir / "maps" / "a.npy")
+    assert amap.shape == (40, 50) and amap.dtype == np.float32  # input resolution
+    assert Image.open(out_dir / "overlays" / "b.png").size == (30, 30)
+    assert Image.open(out_dir / "masks" / "a.png").size == (50, 40)
+
+
+def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path):
+    run, _ = smoke_run
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run))
+    assert code == 2 and "already holds a run" in err
+    code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--no-test")
+    assert code == 0, err
+    assert "resumed from" in out and "epoch 2/2" in out
+    hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--data", "mvtec:/nonexistent/mvtec", "--category", "carpet"], "/nonexistent/mvtec"),
+    (["train", "--preset", "smoke", "--set", "pipeline.reconstructor.name=vimm"], "available: vim"),
+    (["train", "--preset", "smoke", "--set", "pipeline.reconstructor.dpeth=3"], "'dpeth'"),
+    (["train", "--preset", "smoke", "--set", "train.lr=abc", "--no-test"], "train.lr"),
+    (["train", "--preset", "smok"], "available: smoke"),
+    (["train", "--preset", "smoke", "--set", "tarin.epochs=1"], "tarin"),
+    (["test", "--run", "/nonexistent/run"], "/nonexistent/run"),
+    (["train", "--preset", "smoke", "--device", "tpu"], "--device 'tpu'"),
+])
+def test_user_errors_are_one_clear_line(argv, needle, tmp_path):
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "r")]
+    code, out, err = run_app(APP, *argv)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+def test_components_lists_pipeline_and_alternatives():
+    code, out, _ = run_app(APP, "components")
+    assert code == 0
+    assert "reconstructor/vim" in out and "cnn1x1" in out and "transformer" in out and "backbone/resnet50" in out

@@ -114,11 +114,14 @@ class App:
             if (run_dir / "checkpoint.pt").exists() or (run_dir / "model.pt").exists():
                 raise CheckpointError(f"--out {run_dir}: already holds a run; use --resume to continue it or "
                                       "choose another folder (nothing was overwritten)")
+        from .data import open_data
+
+        data = open_data(config)  # a wrong path or layout fails here, before any model is built
         method = self.method_cls(config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config)
         print(f"run folder: {run_dir}", flush=True)
-        train(method, config, run_dir, resume=args.resume)
+        train(method, config, run_dir, resume=args.resume, data=data)
         if not args.no_test:
             self.evaluate_runs([run_dir], run_dir / "report", device, figures=8, method=method)
         print(f"done. run: {run_dir}\n  evaluate: python -m apps.{self.name} test --run {run_dir}\n"

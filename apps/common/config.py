@@ -27,9 +27,41 @@ def load_config(app_dir: Path, preset: str | None, config_file: str | None, over
         config = merge_config(config, load_toml(path), str(path))
     if config_file:
         config = merge_config(config, load_toml(config_file), config_file)
-    config = apply_overrides(config, overrides)
+    # a component swapped with --set pipeline.<role>.name=NEW keeps only the parameters NEW accepts; the other
+    # --set values are applied after the swap, so one that NEW does not accept is still an error
+    swaps = [o for o in overrides if _is_name_swap(o)]
+    config = apply_overrides(config, swaps)
+    for item in swaps:
+        role = item.split("=", 1)[0].split(".")[1]
+        _prune_to_component(config, role)
+    config = apply_overrides(config, [o for o in overrides if o not in swaps])
     check_config(config)
     return config
+
+
+def _is_name_swap(item: str) -> bool:
+    key = item.split("=", 1)[0].strip().split(".")
+    return len(key) == 3 and key[0] == "pipeline" and key[2] == "name"
+
+
+def _prune_to_component(config: dict[str, Any], role: str) -> None:
+    import sys
+
+    import attrs
+
+    from ssmad.core import describe
+
+    for entry in config["pipeline"]:
+        if entry.get("role") != role:
+            continue
+        info = describe(entry["kind"], entry["name"])  # an unknown name fails here, listing the available ones
+        allowed = set(attrs.fields_dict(info.config)) if info.config is not None else set()
+        dropped = [k for k in entry if k not in PIPELINE_META + ("kind", "name") and k not in allowed]
+        for k in dropped:
+            del entry[k]
+        if dropped:
+            print(f"note: pipeline.{role} is now {entry['name']}; dropped parameters it does not take: "
+                  f"{', '.join(dropped)}", file=sys.stderr)
 
 
 def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, Any]:

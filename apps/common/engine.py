@@ -43,12 +43,12 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = False) -> dict[str, Any]:
+def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = False, data=None) -> dict[str, Any]:
     """Train ``method``; checkpoint every epoch; return the final payload (also written to ``model.pt``)."""
     t = config["train"]
     seed = int(t["seed"])
     seed_everything(seed)
-    data = open_data(config)
+    data = open_data(config) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)

@@ -11,11 +11,9 @@ from PIL import Image
 
 from apps.almrr.__main__ import APP
 
-from .helpers import run_app
-
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, run_app):
     run = tmp_path_factory.mktemp("almrr") / "run"
     code, out, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run), "--device", "cpu")
     assert code == 0, err
@@ -35,7 +33,7 @@ def test_train_writes_run_and_report(smoke_run):
     assert list((run / "report" / "figures").rglob("*.png"))
 
 
-def test_test_verb_and_predict(smoke_run, tmp_path):
+def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, out, err = run_app(APP, "test", "--run", str(run), "--out", str(tmp_path / "rep"), "--figures", "2")
     assert code == 0, err
@@ -57,7 +55,7 @@ def test_test_verb_and_predict(smoke_run, tmp_path):
     assert Image.open(out_dir / "masks" / "a.png").size == (50, 40)
 
 
-def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path):
+def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run))
     assert code == 2 and "already holds a run" in err
@@ -78,7 +76,7 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path):
     (["test", "--run", "/nonexistent/run"], "/nonexistent/run"),
     (["train", "--preset", "smoke", "--device", "tpu"], "--device 'tpu'"),
 ])
-def test_user_errors_are_one_clear_line(argv, needle, tmp_path):
+def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     if argv[0] == "train":
         argv = [*argv, "--out", str(tmp_path / "r")]
     code, out, err = run_app(APP, *argv)
@@ -87,7 +85,7 @@ def test_user_errors_are_one_clear_line(argv, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
 
 
-def test_components_lists_pipeline_and_alternatives():
+def test_components_lists_pipeline_and_alternatives(run_app):
     code, out, _ = run_app(APP, "components")
     assert code == 0
     assert "reconstructor/vim" in out and "cnn1x1" in out and "transformer" in out and "backbone/resnet50" in out

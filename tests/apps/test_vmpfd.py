@@ -10,11 +10,9 @@ import torch
 
 from apps.vmpfd.__main__ import APP
 
-from .helpers import run_app
-
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, run_app):
     run = tmp_path_factory.mktemp("vmpfd") / "run"
     code, out, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run), "--device", "cpu")
     assert code == 0, err
@@ -42,7 +40,7 @@ def test_checkpoint_carries_normalisation_and_reloads(smoke_run):
     assert torch.allclose(out.anomaly_map, expect, atol=1e-6)
 
 
-def test_predict_and_components(smoke_run, tmp_path):
+def test_predict_and_components(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     import numpy as np
     from PIL import Image
@@ -62,7 +60,7 @@ def test_predict_and_components(smoke_run, tmp_path):
     assert len(list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))) == 2
 
 
-def test_ablation_switches_build(tmp_path):
+def test_ablation_switches_build(tmp_path, run_app):
     from apps.common.config import load_config
     from apps.vmpfd.method import VMPFD
 

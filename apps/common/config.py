@@ -102,6 +102,7 @@ TRAIN_KEYS = {  # key: (types, predicate, description)
     "threshold_quantile": (NUMBER, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "workers": (int, lambda v: v >= 0, "an integer >= 0"),
     "log_every_s": (NUMBER, lambda v: v >= 0, "a number >= 0"),
+    "max_minutes": (NUMBER, lambda v: v >= 0, "a number >= 0 (0: no time limit)"),
 }
 
 

@@ -76,6 +76,8 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     steps_at_start = steps_done
     last_print = 0.0
     interval = float(t.get("log_every_s", 10.0))
+    budget_s = float(t.get("max_minutes", 0)) * 60  # 0: no limit; counts this session's training time only
+    out_of_time = False
     for epoch in range(start_epoch, epochs):
         items.epoch = epoch
         method.train(True)
@@ -103,15 +105,23 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                 terms = " ".join(f"{k} {v / (step + 1):.4f}" for k, v in sums.items())
                 log(run_dir, f"epoch {epoch + 1}/{epochs} step {step + 1}/{len(dl)} {terms} "
                              f"| ETA {fmt_time(rate * (steps_total - steps_done))}")
+            if budget_s and now - t_start >= budget_s:
+                out_of_time = True
+                log(run_dir, f"train.max_minutes = {t['max_minutes']} reached at epoch {epoch + 1}, step "
+                             f"{step + 1}/{len(dl)}: training stops here")
+                break
         train_seconds += time.perf_counter() - t_epoch
-        record = {"epoch": epoch + 1, **{k: v / len(dl) for k, v in sums.items()},
-                  "seconds": round(time.perf_counter() - t_epoch, 2)}
+        n_steps = step + 1
+        record = {"epoch": epoch + 1 if not out_of_time else round(epoch + n_steps / len(dl), 3),
+                  **{k: v / n_steps for k, v in sums.items()}, "seconds": round(time.perf_counter() - t_epoch, 2)}
         history.append(record)
         with open(run_dir / "history.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
                                     "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
                                     "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()})
+        if out_of_time:
+            break
     # statistics on normal validation images, then decision thresholds
     method.train(False)
     val_images = [data.train[i].image for i in val_idx]
@@ -120,11 +130,13 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     if val_images:
         scores, maps, _, _ = infer(method, data.train, val_idx, batch_size=int(t["eval_batch_size"]))
         thresholds = decision_thresholds(scores, maps, float(t.get("threshold_quantile", 0.99)))
-    payload = {"app": method.app, "config": config, "state": method.state_dict(), "epoch": epochs,
+    epochs_done = history[-1]["epoch"] if history else 0
+    payload = {"app": method.app, "config": config, "state": method.state_dict(), "epoch": epochs_done,
                "history": history, "train_seconds": train_seconds, "thresholds": thresholds,
                "n_train": len(train_idx), "n_val": len(val_idx)}
     save_checkpoint(run_dir / "model.pt", payload)
-    log(run_dir, f"trained {epochs} epochs in {fmt_time(train_seconds)}; model written to {run_dir / 'model.pt'}")
+    log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model written to "
+                 f"{run_dir / 'model.pt'}")
     return payload
 
 

@@ -89,3 +89,13 @@ def test_components_lists_pipeline_and_alternatives(run_app):
     code, out, _ = run_app(APP, "components")
     assert code == 0
     assert "reconstructor/vim" in out and "cnn1x1" in out and "transformer" in out and "backbone/resnet50" in out
+
+
+def test_time_budget_stops_training_early(tmp_path, run_app):
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--set", "train.max_minutes=1e-6", "--set",
+                             "train.epochs=3", "--out", str(tmp_path / "r"), "--no-test")
+    assert code == 0, err
+    assert "train.max_minutes = 1e-06 reached at epoch 1, step 1/3" in out
+    hist = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 1 and hist[0]["epoch"] < 1  # a partial first epoch, then model.pt
+    assert (tmp_path / "r" / "model.pt").is_file()

@@ -1,8 +1,70 @@
-"""ssmad-ssm plugin: registers this package's components."""
+"""ssmad-ssm plugin: registers the selective-scan backends (kind ``scan``) and the ViM mixer (kind ``mixer``)."""
 
-from ssmad.core import hookimpl
+from __future__ import annotations
+
+from typing import Any
+
+from ssmad.core import ConfigError, configclass, field, hookimpl, non_empty, positive
+
+from .scan import AutoScan, mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
+
+
+@configclass
+class VimMixerConfig:
+    """Parameters of the bidirectional Mamba (Vision Mamba v2) mixer."""
+
+    d_model: int = field(validator=positive)
+    d_state: int = field(default=16, validator=positive)
+    d_conv: int = field(default=4, validator=positive)
+    expand: int = field(default=2, validator=positive)
+    dt_rank: int | None = field(default=None, validator=positive)
+    dt_min: float = field(default=1e-3, validator=positive)
+    dt_max: float = field(default=0.1, validator=positive)
+    scan: str = field(default="auto", validator=non_empty)
+    bidirectional: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.dt_min < self.dt_max:
+            raise ValueError(f"parameter 'dt_max' must be > dt_min ({self.dt_min!r}), got {self.dt_max!r}")
+
+
+def reference_scan() -> Any:
+    """Selective scan as a plain sequential loop (the numerical oracle; slow)."""
+    return selective_scan_reference
+
+
+def torch_scan() -> Any:
+    """Selective scan in pure PyTorch: chunked forward, hand-written reverse-scan backward (any device)."""
+    return selective_scan_torch
+
+
+def mamba_ssm_scan() -> Any:
+    """Selective scan by mamba_ssm's CUDA kernel (CUDA tensors only)."""
+    return selective_scan_mamba
+
+
+def auto_scan() -> Any:
+    """Selective scan picked per call: mamba_ssm for CUDA tensors when available, else torch."""
+    return AutoScan()
+
+
+def vim_mixer(cfg: VimMixerConfig) -> Any:
+    """Bidirectional Mamba mixer (Vision Mamba v2): tokens B×L×d_model → B×L×d_model."""
+    from .mixer import BiMambaMixer
+
+    try:
+        return BiMambaMixer(cfg.d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+                            dt_rank=cfg.dt_rank, dt_min=cfg.dt_min, dt_max=cfg.dt_max, scan=cfg.scan,
+                            bidirectional=cfg.bidirectional)
+    except ConfigError as exc:
+        raise ConfigError(f"mixer 'vim': {exc}") from None
 
 
 @hookimpl
-def ssmad_register(register):
-    pass
+def ssmad_register(register) -> None:
+    register("scan", "reference", reference_scan)
+    register("scan", "torch", torch_scan)
+    if mamba_ssm_available():
+        register("scan", "mamba_ssm", mamba_ssm_scan)
+    register("scan", "auto", auto_scan)
+    register("mixer", "vim", vim_mixer, config=VimMixerConfig)

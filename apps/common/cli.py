@@ -200,7 +200,7 @@ class App:
 
         from ssmad.core.device import resolve_device
         from ssmad.core.files import atomic_write_text
-        from ssmad.datasets import load_image
+        from ssmad.datasets import load_image, resize_image
         from ssmad.scoring.report import overlay
 
         device = resolve_device(args.device)
@@ -304,11 +304,3 @@ def unique_stem(f: Path, files: list[Path]) -> str:
         return f.stem
     return f"{f.parent.name}_{f.stem}" if sum(g.parent.name == f.parent.name for g in same) == 1 else \
         f"{f.stem}_{files.index(f)}"
-
-
-def resize_image(image: np.ndarray, size: int):
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return t[0].clamp(0, 1)

@@ -13,18 +13,34 @@ Helpers: :func:`concat_stages` (resize + concatenate maps), :func:`efficientnet_
 classifier with the offline ImageNet weights), :func:`distill` (PDN distillation).
 """
 
-from .base import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, StageInfo, concat_stages
-from .distill import DistillSettings, distill, list_images, make_projection, read_image
-from .efficientnet import (
-                           LITE0_TABLE,
-                           EfficientNetLite0Backbone,
-                           efficientnet_lite0_classifier,
-                           lite0_weights_path,
-                           map_lite0_state_dict,
-)
-from .pdn import PDN, PDNWeights, pdn_output_size, read_pdn_file, save_pdn_weights
-from .torchvision_backbones import STAGE_TABLES, ResNetBackbone, VGG19Backbone
-from .weights import hub_checkpoint_dir, read_state_dict
+import importlib
+
+# Names resolve on first use (PEP 562): importing the package (as the plugin registry does) loads neither
+# torchvision nor timm.
+_EXPORTS = {
+    "base": ("IMAGENET_MEAN", "IMAGENET_STD", "FrozenBackbone", "StageInfo", "concat_stages"),
+    "distill": ("DistillSettings", "distill", "list_images", "make_projection", "read_image"),
+    "efficientnet": ("EfficientNetLite0Backbone", "efficientnet_lite0_classifier", "lite0_weights_path",
+                     "map_lite0_state_dict"),
+    "pdn": ("PDN", "PDNWeights", "pdn_output_size", "read_pdn_file", "save_pdn_weights"),
+    "stages": ("LITE0_TABLE", "STAGE_TABLES"),
+    "torchvision_backbones": ("ResNetBackbone", "VGG19Backbone"),
+    "weights": ("hub_checkpoint_dir", "read_state_dict"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __version__ = "0.1.0"
 

@@ -44,9 +44,8 @@ from ssmad.core.device import resolve_device
 from ssmad.core.files import atomic_write
 
 from .base import concat_stages
-from .efficientnet import LITE0_TABLE
 from .pdn import PDN, PDN_FORMAT, PDN_OUT_CHANNELS, pdn_checkpoint, pdn_output_size
-from .torchvision_backbones import STAGE_TABLES
+from .stages import LITE0_TABLE, STAGE_TABLES
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_STEPS = 60_000

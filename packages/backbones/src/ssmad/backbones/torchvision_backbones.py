@@ -33,36 +33,16 @@ from torch import nn
 
 from ssmad.core import ConfigError
 
-from .base import FrozenBackbone, StageInfo
+from .base import FrozenBackbone
+from .stages import RESNET_EXPANSION, STAGE_TABLES
 from .weights import load_into, read_state_dict, torchvision_state_dict, unwrap_state_dict
 
-
-def _resnet_table(expansion: int) -> dict[str, StageInfo]:
-    return {f"layer{i + 1}": StageInfo(64 * 2**i * expansion, 4 * 2**i) for i in range(4)}
-
-
 VGG19_BLOCK_ENDS = (4, 9, 18, 27, 36)  # index of each max-pool in vgg19.features
-_VGG_CHANNELS = (64, 128, 256, 512, 512)
-
-
-def _vgg_table() -> dict[str, StageInfo]:
-    table = {}
-    for i, ch in enumerate(_VGG_CHANNELS):
-        table[f"block{i + 1}"] = StageInfo(ch, 2**i)
-        table[f"pool{i + 1}"] = StageInfo(ch, 2 ** (i + 1))
-    return table  # network order: block1, pool1, block2, pool2, ...
-
-
 RESNET_MODELS: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
-    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 1),
-    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights, 1),
-    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 4),
-    "wide_resnet50_2": (tvm.wide_resnet50_2, tvm.Wide_ResNet50_2_Weights, 4),
-}
-
-STAGE_TABLES: dict[str, dict[str, StageInfo]] = {
-    **{name: _resnet_table(exp) for name, (_, _, exp) in RESNET_MODELS.items()},
-    "vgg19": _vgg_table(),
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, RESNET_EXPANSION["resnet18"]),
+    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights, RESNET_EXPANSION["resnet34"]),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, RESNET_EXPANSION["resnet50"]),
+    "wide_resnet50_2": (tvm.wide_resnet50_2, tvm.Wide_ResNet50_2_Weights, RESNET_EXPANSION["wide_resnet50_2"]),
 }
 
 

@@ -43,6 +43,8 @@ class VMPFD(Method):
         adapter_dim = section_value(config, "method", "adapter_dim", int, lambda v: v >= 1, "an integer >= 1")
         self.local_features = section_value(config, "method", "local_features", str,
                                             lambda v: v in ("fused", "pdn"), '"fused" or "pdn"')
+        self.pdn_size = int(m.get("pdn_input_size", 0)) or self.image_size  # the PDN may see a smaller image
+        self.pdn_cache: dict[str, torch.Tensor] = {}  # pooled PDN features of the training images (frozen PDN)
         self.lambda_mse = float(m.get("lambda_mse", 5.0))
         self.lambda_ssim = float(m.get("lambda_ssim", 1.0))
         pdn = build_role(config, "pdn")
@@ -88,8 +90,16 @@ class VMPFD(Method):
     # -- PDN weights: distilled on the training images when no teacher file is given ----------------------------
     def prepare(self, run_dir: Path, samples, indices: list[int]) -> None:
         entry = component(self.config, "pdn")
-        if entry.get("weights") not in (None, "none", ""):
-            return
+        if entry.get("weights") in (None, "none", ""):
+            self.use_distilled_pdn(run_dir, entry, samples, indices)
+        # the PDN is frozen and the training images are not augmented: its pooled features are computed once
+        bs = int(self.config["train"]["eval_batch_size"])
+        for i in range(0, len(indices), bs):
+            chunk = [samples[j] for j in indices[i:i + bs]]
+            feats = self.pdn_features(torch.stack([s.image for s in chunk]).to(self.device)).cpu()
+            self.pdn_cache.update({s.path: f for s, f in zip(chunk, feats)})
+
+    def use_distilled_pdn(self, run_dir: Path, entry: dict[str, Any], samples, indices: list[int]) -> None:
         out = run_dir / "pdn.pt"
         if not out.is_file():
             self.distill_pdn(out, samples, indices)
@@ -115,30 +125,41 @@ class VMPFD(Method):
                   f"{len(indices)} training images, {m['distill_steps']} steps -> {out}", flush=True)
             distill(DistillSettings(
                 teacher=str(m["distill_teacher"]), images=tmp, out=str(out), steps=int(m["distill_steps"]),
-                pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.image_size,
+                pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.pdn_size,
                 batch_size=int(m.get("distill_batch_size", 8)), lr=float(m.get("distill_lr", 5e-4)),
                 seed=int(self.config["train"]["seed"]), device=str(self.device), workers=0,
                 log_every=max(1, int(m["distill_steps"]) // 20)))
 
     # -- model ------------------------------------------------------------------------------------------------
-    def local_input(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            pdn = self.modules["pdn"](images)[0]
-            pdn = F.adaptive_avg_pool2d(pdn, self.grid)
-        t = self.modules["adapter"](pdn)
+    @torch.no_grad()
+    def pdn_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen PDN features pooled to the shared grid: B×384×grid×grid."""
+        if self.pdn_size != images.shape[-1]:
+            images = F.interpolate(images, size=(self.pdn_size, self.pdn_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return F.adaptive_avg_pool2d(self.modules["pdn"](images)[0], self.grid)
+
+    def train_item(self, sample, rng) -> dict[str, torch.Tensor]:
+        item = {"image": sample.image}
+        if sample.path in self.pdn_cache:
+            item["pdn"] = self.pdn_cache[sample.path]
+        return item
+
+    def local_input(self, images: torch.Tensor, latent: torch.Tensor, pdn: torch.Tensor | None = None):
+        t = self.modules["adapter"](self.pdn_features(images) if pdn is None else pdn)
         if self.local_features == "fused":
             t = torch.cat([t, self.modules["latent_norm"](latent.detach())], 1)
         return t
 
-    def forward_maps(self, images: torch.Tensor):
+    def forward_maps(self, images: torch.Tensor, pdn: torch.Tensor | None = None):
         recon, latent = self.modules["autoencoder"](images)
-        nll = self.modules["density"].nll(self.local_input(images, latent))  # B×g×g
+        nll = self.modules["density"].nll(self.local_input(images, latent, pdn))  # B×g×g
         return recon, nll
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         target = images * 2 - 1
-        recon, nll = self.forward_maps(images)
+        recon, nll = self.forward_maps(images, batch.get("pdn"))
         l_nll = nll.mean()
         l_mse = F.mse_loss(recon, target)
         l_ssim = 1 - ssim(recon, target, data_range=2.0)

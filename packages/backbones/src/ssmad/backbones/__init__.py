@@ -19,7 +19,7 @@ import importlib
 # torchvision nor timm.
 _EXPORTS = {
     "base": ("IMAGENET_MEAN", "IMAGENET_STD", "FrozenBackbone", "StageInfo", "concat_stages"),
-    "distill": ("DistillSettings", "distill", "list_images", "make_projection", "read_image"),
+    "distillation": ("DistillSettings", "distill", "list_images", "make_projection", "read_image"),
     "efficientnet": ("EfficientNetLite0Backbone", "efficientnet_lite0_classifier", "lite0_weights_path",
                      "map_lite0_state_dict"),
     "pdn": ("PDN", "PDNWeights", "pdn_output_size", "read_pdn_file", "save_pdn_weights"),

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="train a PDN to reproduce a pretrained backbone's patch features",
                        description="Distil EfficientAD's PDN from a registered pretrained backbone on a folder of "
-                                   "images (see ssmad.backbones.distill for the method).")
+                                   "images (see ssmad.backbones.distillation for the method).")
     d.add_argument("--teacher", required=True, help="registered backbone name (efficientnet_lite0, "
                                                      "wide_resnet50_2, resnet18, ...)")
     d.add_argument("--images", required=True, help="folder of training images (searched recursively)")
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "distill":
-            from .distill import main_distill
+            from .distillation import main_distill
 
             return main_distill(args)
         return _layers()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -30,21 +28,19 @@ def test_demo_defaults():
     assert len({hash(x.numpy().tobytes()) for x in images}) == 60  # distinct normal images
 
 
-def test_demo_deterministic_fast_and_cached():
+def test_demo_deterministic_and_cached():
+    # build speed is measured in benchmarks/test_datasets_bench.py, not here
     demo_module._generate.cache_clear()
-    t0 = time.perf_counter()
     a = build_demo(DemoConfig(category="gravel", seed=4))
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5.0  # about 1 s on a shared 2-core machine
     demo_module._generate.cache_clear()
     b = build_demo(DemoConfig(category="gravel", seed=4))
     for x, y in zip(list(a.test), list(b.test)):
         assert torch.equal(x.image, y.image) and torch.equal(x.mask, y.mask)
     c = build_demo(DemoConfig(category="gravel", seed=5))
     assert not torch.equal(a.train[0].image, c.train[0].image)
-    t0 = time.perf_counter()
+    hits = demo_module._generate.cache_info().hits
     build_demo(DemoConfig(category="gravel", seed=4))
-    assert time.perf_counter() - t0 < 0.05  # cached per process
+    assert demo_module._generate.cache_info().hits == hits + 1  # cached per process
     s = a.test[0]
     s.image.zero_()
     assert float(a.test[0].image.sum()) > 0  # callers get copies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import nn
 from ssmad.core import AnomalyOutput, Sample
 
 
-class Method:
+class Method(ABC):
     """Base class. Subclasses build their modules from ``config["pipeline"]`` in ``__init__``.
 
     The skeleton calls, in order: ``train_item`` (per training sample, in the data loader),
@@ -41,9 +42,9 @@ class Method:
         t = self.config["train"]
         return torch.optim.Adam(self.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)))
 
+    @abstractmethod
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss terms of one batch; key ``loss`` is minimised."""
-        raise NotImplementedError
 
     def prepare(self, run_dir, samples, indices: list[int]) -> None:
         """Once before training (and on resume): e.g. distil a feature extractor. Default: nothing."""
@@ -52,9 +53,9 @@ class Method:
         """Fit statistics (normalisation quantiles...) on normal validation images. Default: nothing."""
 
     # -- inference --------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @abstractmethod
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
-        raise NotImplementedError
+        """Anomaly maps B×1×H×W at input resolution and scores B (called under ``torch.no_grad``)."""
 
     def train(self, mode: bool = True) -> None:
         self.modules.train(mode)
@@ -69,7 +70,7 @@ class Method:
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`extra_state` returned. Default: nothing."""
 
     def state_dict(self) -> dict[str, Any]:
         trainable = {k: v for k, v in self.modules.state_dict().items() if not k.startswith(self.frozen_prefixes())}

@@ -99,3 +99,27 @@ def test_time_budget_stops_training_early(tmp_path, run_app):
     hist = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 1 and hist[0]["epoch"] < 1  # a partial first epoch, then model.pt
     assert (tmp_path / "r" / "model.pt").is_file()
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, run_app, monkeypatch):
+    import torch
+
+    from apps.almrr.method import ALMRR
+
+    run = tmp_path / "r"
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run), "--no-test")
+    assert code == 0, err
+    before = (run / "checkpoint.pt").read_bytes()
+    real = ALMRR.train_step
+
+    def poisoned(self, batch):
+        out = real(self, batch)
+        out["loss"] = out["loss"] * torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(ALMRR, "train_step", poisoned)
+    code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--no-test")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "loss became nan at epoch 2, step 1" in lines[0] and "checkpoint.pt" in lines[0]
+    assert (run / "checkpoint.pt").read_bytes() == before  # the last good epoch is untouched

@@ -80,21 +80,32 @@ class App:
 
     # -- train ------------------------------------------------------------------------------------------------
     def train_config(self, args) -> dict[str, Any]:
+        from ssmad.core.files import apply_overrides
+
+        from .config import check_config
+
         preset = args.preset or (None if args.data else "demo")
         overrides = list(args.set)
-        if args.data:
-            overrides.append(f"data.spec={json.dumps(args.data)}")
-        if args.category:
-            overrides.append(f"data.category={json.dumps(args.category)}")
-        for item in args.data_param:
-            if "=" not in item:
-                raise ConfigError(f"--data-param {item!r}: expected KEY=VALUE")
-            overrides.append(f"data.params.{item}")
         for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
                           ("image_size", "data.image_size")):
             if getattr(args, flag) is not None:
                 overrides.append(f"{key}={getattr(args, flag)}")
-        return load_config(self.app_dir, preset, args.config, overrides)
+        config = load_config(self.app_dir, preset, args.config, overrides)
+        data = []
+        if args.data:
+            # the preset's dataset options belong to its dataset kind: another kind starts without them
+            if args.data.split(":", 1)[0] != str(config["data"]["spec"]).split(":", 1)[0]:
+                config["data"]["params"] = {}
+            data.append(f"data.spec={json.dumps(args.data)}")
+        if args.category:
+            data.append(f"data.category={json.dumps(args.category)}")
+        for item in args.data_param:
+            if "=" not in item:
+                raise ConfigError(f"--data-param {item!r}: expected KEY=VALUE")
+            data.append(f"data.params.{item}")
+        config = apply_overrides(config, data)
+        check_config(config)
+        return config
 
     def cmd_train(self, args) -> int:
         from ssmad.core.device import resolve_device

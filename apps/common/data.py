@@ -73,8 +73,9 @@ class Images(Dataset):
         return {"image": s.image, "mask": s.mask, "label": torch.tensor(int(s.label)), "index": self.indices[i]}
 
 
-def loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
+           drop_last: bool = False) -> DataLoader:
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
-                      drop_last=False, persistent_workers=False)
+                      drop_last=drop_last, persistent_workers=False)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssmad.core import TrainingError
+from ssmad.core import DataError, TrainingError
 
 from .data import Images, TrainItems, loader, open_data, split_validation
 from .method import Method
@@ -53,8 +53,13 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
+    if len(items) < 2:
+        raise DataError(f"{config['data']['spec']}: {len(items)} training image(s) after holding out "
+                        f"{len(val_idx)} for validation; training needs at least 2 normal images")
     batch_size = min(int(t["batch_size"]), len(items))
-    dl = loader(items, batch_size, shuffle=True, workers=int(t["workers"]), seed=seed)
+    # full batches only: the incomplete last one is dropped (the shuffle changes it every epoch), so batch norm
+    # never sees a batch of one image
+    dl = loader(items, batch_size, shuffle=True, workers=int(t["workers"]), seed=seed, drop_last=True)
     optimizer = method.make_optimizer()
     epochs = int(t["epochs"])
     start_epoch, history, train_seconds = 0, [], 0.0

@@ -95,7 +95,7 @@ def test_time_budget_stops_training_early(tmp_path, run_app):
     code, out, err = run_app(APP, "train", "--preset", "smoke", "--set", "train.max_minutes=1e-6", "--set",
                              "train.epochs=3", "--out", str(tmp_path / "r"), "--no-test")
     assert code == 0, err
-    assert "train.max_minutes = 1e-06 reached at epoch 1, step 1/3" in out
+    assert "train.max_minutes = 1e-06 reached at epoch 1, step 1/2" in out  # 11 images, full batches of 4
     hist = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 1 and hist[0]["epoch"] < 1  # a partial first epoch, then model.pt
     assert (tmp_path / "r" / "model.pt").is_file()
@@ -123,3 +123,21 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, run_app
     assert code == 2 and len(lines) == 1, err
     assert "loss became nan at epoch 2, step 1" in lines[0] and "checkpoint.pt" in lines[0]
     assert (run / "checkpoint.pt").read_bytes() == before  # the last good epoch is untouched
+
+
+def test_own_folder_of_images(tmp_path, run_app):
+    """The "my own folder" case: normal and defective images in folders, no masks (image-level metrics only)."""
+    rng = np.random.default_rng(0)
+    for sub, n in (("good", 10), ("bad", 3)):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        for i in range(n):
+            a = (rng.random((40, 40)) * 60 + 100).astype(np.uint8)
+            if sub == "bad":
+                a[8:18, 8:18] = 250
+            Image.fromarray(a).save(tmp_path / "data" / sub / f"{i}.png")
+    run = tmp_path / "run"
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--data", f"folder:{tmp_path / 'data'}",
+                             "--data-param", "normal=good", "--data-param", "abnormal=bad", "--out", str(run))
+    assert code == 0, err
+    metrics = json.loads((run / "report" / "metrics.json").read_text())["mean"]
+    assert 0 <= metrics["image_auroc"] <= 1 and metrics["pixel_ap"] is None  # no masks: pixel metrics undefined

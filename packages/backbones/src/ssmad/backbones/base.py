@@ -25,31 +25,25 @@ class StageInfo:
 
 
 def check_layers(layers: Sequence[str], table: dict[str, StageInfo], where: str) -> tuple[str, ...]:
-    """``layers`` as a tuple, or :class:`ConfigError` listing the allowed names (in network order)."""
+    """``layers`` as a tuple, or :class:`ConfigError` listing the allowed names (in network order);
+    ``where`` names the value, e.g. ``"backbone 'resnet50' layers"``."""
     layers = tuple(layers)
     allowed = ", ".join(table)
     if not layers:
-        raise ConfigError(f"{where}: 'layers' must name at least one of {allowed}")
+        raise ConfigError(f"{where} must name at least one of {allowed}")
     for name in layers:
         if name not in table:
             raise ConfigError(f"{where}: unknown layer {name!r}; allowed: {allowed}")
     if len(set(layers)) != len(layers):
-        raise ConfigError(f"{where}: 'layers' lists a layer twice: {list(layers)}")
+        raise ConfigError(f"{where} lists a layer twice: {list(layers)}")
     return layers
 
 
 def layers_validator(table: dict[str, StageInfo]):
-    """An attrs validator for a config's ``layers`` field (unknown names list the allowed ones)."""
+    """An attrs validator for a config's ``layers`` field: :func:`check_layers` on the field."""
 
     def check(inst, attribute, value):
-        allowed = ", ".join(table)
-        if len(value) == 0:
-            raise ValueError(f"parameter {attribute.name!r} must name at least one of {allowed}")
-        for name in value:
-            if name not in table:
-                raise ValueError(f"unknown layer {name!r} in {attribute.name!r}; allowed: {allowed}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"parameter {attribute.name!r} lists a layer twice: {list(value)}")
+        check_layers(value, table, f"parameter {attribute.name!r}")
 
     return check
 
@@ -90,7 +84,7 @@ class FrozenBackbone(nn.Module):
                  layers: Sequence[str]) -> None:
         super().__init__()
         self.name = name
-        self.layers = check_layers(layers, table, f"backbone {name!r}")
+        self.layers = check_layers(layers, table, f"backbone {name!r} layers")
         self.available = dict(table)
         self.channels = [table[n].channels for n in self.layers]
         self.strides = [table[n].stride for n in self.layers]

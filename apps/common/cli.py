@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +182,8 @@ class App:
                 raise DataError(f"{config['data']['spec']}: the test split is empty; nothing to evaluate")
             bs = batch_size or int(config["train"]["eval_batch_size"])
             scores, maps, branches, info = infer(method, data.test, batch_size=bs, progress="test")
-            labels = np.array([int(data.test[i].label) for i in range(len(data.test))])
-            masks = np.stack([data.test[i].mask[0].numpy() > 0.5 for i in range(len(data.test))])
+            labels = np.array(data.test.labels, dtype=int)
+            masks = info.pop("masks")
             name = data.category or str(config["data"]["spec"]).split(":", 1)[0]
             if name in results:
                 name = f"{name} ({run_dir.name})"
@@ -193,9 +194,8 @@ class App:
             timing[name] = {"inference_s_per_image": info["per_image_s"], "batch_size": bs, "device": str(device)}
             fig_dir = out / "figures" / name.replace(" ", "_").replace("/", "_")
             if figures > 0:
-                images = np.stack([data.test[i].image.permute(1, 2, 0).numpy() for i in range(len(data.test))])
-                names = [Path(data.test[i].path).name for i in range(len(data.test))]
-                save_worst(fig_dir, images, maps, masks, labels, scores, names, k=figures)
+                names = [Path(p).name for p in data.test.paths]
+                save_worst(fig_dir, TestImages(data.test), maps, masks, labels, scores, names, k=figures)
         json_path, md_path = write_metrics(out, results, title=f"apps.{self.name}")
         (out / "timing.json").write_text(json.dumps(timing, indent=2))
         print(md_path.read_text())
@@ -282,6 +282,19 @@ class App:
                 print(f"  {'':<14} alternatives: {', '.join(r['alternatives'])}")
         print(f"swap one with --set pipeline.<role>.name=NAME; presets: {', '.join(presets(self.app_dir))}")
         return 0
+
+
+class TestImages(Sequence):
+    """H×W×3 images of a sample list, decoded only when a figure asks for one."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.samples[i].image.permute(1, 2, 0).numpy()
 
 
 def display_range(thresholds: dict[str, float], amap: np.ndarray) -> tuple[float, float]:

@@ -158,11 +158,12 @@ def decision_thresholds(scores: np.ndarray, maps: np.ndarray, q: float) -> dict[
 def infer(method: Method, samples, indices: list[int] | None = None, batch_size: int = 8,
           progress: str | None = None):
     """Scores (N,) and maps (N, H, W) float32 of ``samples[indices]``, the branch maps a method reports in
-    ``AnomalyOutput.extras`` (name → (N, H, W)), and timing."""
+    ``AnomalyOutput.extras`` (name → (N, H, W)), and timing plus the ground-truth masks (N, H, W) bool
+    (``info["masks"]``), read with the images so that evaluation does not load them again."""
     method.train(False)
     ds = Images(samples, indices)
     dl = loader(ds, batch_size, shuffle=False, workers=0)
-    scores, maps, extras = [], [], {}
+    scores, maps, masks, extras = [], [], [], {}
     seconds = 0.0
     done = 0
     last = time.perf_counter()
@@ -175,6 +176,7 @@ def infer(method: Method, samples, indices: list[int] | None = None, batch_size:
         seconds += time.perf_counter() - t0
         scores.append(out.score.float().cpu().numpy())
         maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
+        masks.append(batch["mask"][:, 0].numpy() > 0.5)
         for name, m in out.extras.items():
             extras.setdefault(name, []).append(m[:, 0].float().cpu().numpy())
         done += len(images)
@@ -185,4 +187,5 @@ def infer(method: Method, samples, indices: list[int] | None = None, batch_size:
     return (np.concatenate(scores) if scores else np.zeros(0, np.float32),
             np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32),
             {k: np.concatenate(v) for k, v in extras.items()},
-            {"seconds": seconds, "per_image_s": seconds / n, "batch_size": batch_size})
+            {"seconds": seconds, "per_image_s": seconds / n, "batch_size": batch_size,
+             "masks": np.concatenate(masks) if masks else np.zeros((0, 1, 1), bool)})

@@ -199,13 +199,9 @@ class VMPFD(Method):
 
     # -- state ------------------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        state = {}
-        for name in ("norm_local", "norm_global"):
-            try:
-                state[name] = getattr(self, name).state_dict()
-            except Exception:  # not fitted yet (epoch checkpoints before after_training)
-                pass
-        return state
+        # epoch checkpoints are written before after_training has fitted the normalisation
+        return {name: getattr(self, name).state_dict() for name in ("norm_local", "norm_global")
+                if getattr(self, name).fitted}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         for name in ("norm_local", "norm_global"):

@@ -73,18 +73,32 @@ def test_mamba_ssm_backend_matches_reference(case, softplus):
 
 
 @settings(max_examples=10, deadline=None)
-@given(length=st.integers(5, 90), seed=st.integers(0, 2**31 - 1))
-def test_torch_backend_one_chunk_per_backward_group(length, seed):
-    """The backward recomputes states a group of chunks at a time; the smallest groups give the same gradients."""
+@given(length=st.integers(5, 90), budget=st.integers(1, 200), seed=st.integers(0, 2**31 - 1))
+def test_torch_backend_block_size_does_not_matter(length, budget, seed):
+    """Time runs in blocks (one step each, a ragged last block, one block for all L): the same outputs and grads."""
     import ssmad.ssm.scan as scan_module
 
     inputs = make_inputs(2, 3, length, 4, seed=seed, with_d=True, with_z=True, with_bias=True)
-    saved = scan_module._GROUP_ELEMENTS
-    scan_module._GROUP_ELEMENTS = 1
+    saved = scan_module._BLOCK_ELEMENTS
+    scan_module._BLOCK_ELEMENTS = budget
     try:
         assert_agree(selective_scan_torch, inputs, True)
     finally:
-        scan_module._GROUP_ELEMENTS = saved
+        scan_module._BLOCK_ELEMENTS = saved
+
+
+@pytest.mark.parametrize("length", [1, 5])
+@pytest.mark.parametrize("grad", [False, True])
+def test_torch_backend_leaves_its_inputs_alone(length, grad):
+    """The backend works in place on its own copies only (L = 1 is where a transpose is no copy)."""
+    inputs = make_inputs(1, 1, length, 4, seed=7, with_d=True, with_z=True, with_bias=True)
+    before = {k: v.detach().clone() for k, v in inputs.items()}
+    with torch.set_grad_enabled(grad):
+        out = selective_scan_torch(**inputs, delta_softplus=True)
+        if grad:
+            out.sum().backward()
+    for k, v in inputs.items():
+        assert torch.equal(v.detach(), before[k]), k
 
 
 def test_torch_backend_gradcheck_float64():

@@ -34,7 +34,7 @@ def reference_scan() -> Any:
 
 
 def torch_scan() -> Any:
-    """Selective scan in pure PyTorch: chunked forward, hand-written reverse-scan backward (any device)."""
+    """Selective scan in pure PyTorch: blocked forward, hand-written reverse-scan backward (any device)."""
     return selective_scan_torch
 
 

@@ -18,6 +18,8 @@ from ssmad.scoring import (
     Gaussian,
     GaussianConfig,
     NotFittedError,
+    PositionNorm,
+    PositionNormConfig,
     QuantileNorm,
     QuantileNormConfig,
     WeightedFusion,
@@ -57,6 +59,7 @@ def test_components_build_from_the_registry(registry):
     assert isinstance(registry.build("postprocess", "box_max", size=5), BoxMax)
     assert isinstance(registry.build("postprocess", "gaussian", sigma=2), Gaussian)
     assert isinstance(registry.build("postprocess", "quantile_norm", q_low=0.5), QuantileNorm)
+    assert isinstance(registry.build("postprocess", "position_norm", mode="zscore"), PositionNorm)
     assert registry.build("fusion", "weighted", weights=[1, 2, 3]).weights == (1.0, 2.0, 3.0)
 
 
@@ -67,6 +70,8 @@ def test_components_build_from_the_registry(registry):
     ("postprocess", "gaussian", {"sigma": -1.0}, "'sigma' must be > 0"),
     ("postprocess", "quantile_norm", {"q_low": 0.99, "q_high": 0.9}, "'q_low' .* must be smaller"),
     ("postprocess", "quantile_norm", {"q_high": 1.5}, r"'q_high' must be in \[0.0, 1.0\]"),
+    ("postprocess", "position_norm", {"mode": "median"}, "mode"),
+    ("postprocess", "position_norm", {"sigma": -1.0}, "'sigma' must be in"),
     ("fusion", "weighted", {"weights": []}, "must not be empty"),
     ("fusion", "weighted", {"weights": "0.5"}, "must be a list of a number"),
 ])
@@ -189,6 +194,52 @@ def test_quantile_norm_errors_and_degenerate_maps():
 
 
 # ---- weighted fusion ------------------------------------------------------------------------------------
+
+# ---- position_norm ---------------------------------------------------------------------------------------
+
+def test_position_norm_removes_what_every_normal_map_shows():
+    """A bright border common to all normal maps no longer decides the image score; a local defect does."""
+    rng = np.random.default_rng(0)
+    border = np.zeros((16, 16), np.float32)
+    border[:2] = border[-2:] = border[:, :2] = border[:, -2:] = 5.0
+    normal = border + rng.normal(0, 0.1, (20, 16, 16)).astype(np.float32)
+    test = border + rng.normal(0, 0.1, (2, 16, 16)).astype(np.float32)
+    test[1, 7:9, 7:9] += 2.0                                     # a defect, weaker than the border
+    assert test[0].max() > test[1, 7:9, 7:9].max()               # raw maxima: both images score on the border
+    for mode in ("subtract", "zscore"):
+        norm = PositionNorm(PositionNormConfig(mode=mode, sigma=0)).fit(normal)
+        out = norm(test)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == test.shape
+        assert out[1].max() > 3 * out[0].max()                    # now only the defect stands out
+        np.testing.assert_allclose(norm(normal).mean(0), 0, atol=1e-5)
+
+
+def test_position_norm_torch_resizes_smooths_and_round_trips():
+    normal = torch.rand(8, 1, 16, 16, dtype=torch.float64)
+    norm = PositionNorm(PositionNormConfig(mode="zscore", sigma=1.0)).fit(normal)
+    big = torch.rand(3, 1, 32, 32, dtype=torch.float64)
+    out = norm(big)
+    assert out.shape == big.shape and out.dtype == torch.float64
+    ref = Gaussian(GaussianConfig(sigma=1.0))(normal[:, 0].mean(0)[None, None].float())[0, 0]
+    torch.testing.assert_close(norm.mean, ref, rtol=1e-5, atol=1e-6)
+    again = PositionNorm(PositionNormConfig(mode="zscore", sigma=1.0))
+    again.load_state_dict(norm.state_dict())
+    torch.testing.assert_close(again(big), out)
+
+
+def test_position_norm_errors():
+    norm = PositionNorm(PositionNormConfig(mode="zscore"))
+    with pytest.raises(NotFittedError, match="position_norm: not fitted"):
+        norm(np.zeros((1, 4, 4)))
+    with pytest.raises(DataError, match="at least 2 normal maps"):
+        norm.fit(np.zeros((1, 4, 4)))
+    with pytest.raises(DataError, match="NaN"):
+        norm.fit(np.full((3, 4, 4), np.nan))
+    with pytest.raises(CheckpointError, match="missing key 'std'"):
+        norm.load_state_dict({"mean": torch.zeros(4, 4)})
+    with pytest.raises(CheckpointError, match="H×W map"):
+        norm.load_state_dict({"mean": torch.zeros(4), "std": torch.zeros(4)})
+
 
 def test_weighted_fusion_numpy_and_torch():
     a = np.ones((2, 1, 3, 3), dtype=np.float32)

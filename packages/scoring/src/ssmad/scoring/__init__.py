@@ -4,7 +4,7 @@
     metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
 
 Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
-``quantile_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``,
+``quantile_norm``, ``position_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``,
 ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
 """
 
@@ -27,6 +27,8 @@ from .postprocess import (
                       Gaussian,
                       GaussianConfig,
                       NotFittedError,
+                      PositionNorm,
+                      PositionNormConfig,
                       QuantileNorm,
                       QuantileNormConfig,
                       WeightedFusion,
@@ -34,11 +36,12 @@ from .postprocess import (
                       gaussian_kernel1d,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",
-    "GaussianConfig", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError", "QuantileNorm",
+    "GaussianConfig", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError", "PositionNorm",
+    "PositionNormConfig", "QuantileNorm",
     "QuantileNormConfig", "WeightedFusion", "WeightedFusionConfig", "aupro", "binarize_masks", "evaluate",
     "gaussian_kernel1d", "pixel_metrics",
 ]

@@ -12,6 +12,8 @@ from .postprocess import (
     BoxMaxConfig,
     Gaussian,
     GaussianConfig,
+    PositionNorm,
+    PositionNormConfig,
     QuantileNorm,
     QuantileNormConfig,
     WeightedFusion,
@@ -41,6 +43,8 @@ def ssmad_register(register):
              summary="separable Gaussian smoothing of maps, same size (scipy 'reflect' borders)")
     register("postprocess", "quantile_norm", QuantileNorm, config=QuantileNormConfig,
              summary="(m - q_low) / (q_high - q_low) with quantiles fitted on normal validation maps")
+    register("postprocess", "position_norm", PositionNorm, config=PositionNormConfig,
+             summary="m - mean (or z-score) per position, fitted on normal validation maps")
     register("fusion", "weighted", WeightedFusion, config=WeightedFusionConfig,
              summary="weighted sum of several anomaly maps")
     for name in METRICS:

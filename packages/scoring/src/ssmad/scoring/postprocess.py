@@ -9,6 +9,9 @@ shapes, and answers in the type it was given (numpy in, numpy out; torch keeps d
   ``scipy.ndimage.gaussian_filter`` (mode 'reflect', radius ``int(truncate * sigma + 0.5)``).
 - :class:`QuantileNorm` (``quantile_norm``): EfficientAD / VMPFD-AD normalisation
   ``(m - q_low) / (q_high - q_low)`` with the quantiles fitted on maps of normal validation images.
+- :class:`PositionNorm` (``position_norm``): ``m − μ(x, y)`` or ``(m − μ(x, y)) / σ(x, y)`` with the per-position
+  mean and spread of maps of normal validation images: a place where every normal image scores high (a border the
+  model never reconstructs well) stops deciding the image score.
 - :class:`WeightedFusion` (``weighted``): the weighted sum of several maps.
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ from ssmad.core import (
 
 
 class NotFittedError(SsmadError, RuntimeError):
-    """A fitted component (``quantile_norm``) used before ``fit`` or ``load_state_dict``."""
+    """A fitted component (``quantile_norm``, ``position_norm``) used before ``fit`` or ``load_state_dict``."""
 
 
 def _odd(inst: Any, attribute: Any, value: int) -> None:
@@ -282,6 +285,104 @@ class QuantileNorm:
     def __repr__(self) -> str:
         fitted = f", q_low_value={self.q_low_value:g}, q_high_value={self.q_high_value:g}" if self.fitted else ""
         return f"QuantileNorm(q_low={self.cfg.q_low}, q_high={self.cfg.q_high}{fitted})"
+
+
+# ---- position_norm ---------------------------------------------------------------------------------------
+
+@configclass
+class PositionNormConfig:
+    mode: Literal["subtract", "zscore"] = "subtract"
+    sigma: float = field(default=1.0, validator=in_range(0.0, 1000.0))
+    eps: float = field(default=1e-6, validator=positive)
+
+
+class PositionNorm:
+    """Per-position reference of normal maps.
+
+    ``fit(maps)`` (N×H×W or N×1×H×W of normal validation images, numpy or torch) keeps the per-pixel mean μ and,
+    for ``mode="zscore"``, the standard deviation σ, each smoothed by a Gaussian of ``sigma`` pixels (0: none; few
+    images give noisy per-pixel statistics). ``__call__`` returns ``m − μ`` (``subtract``) or
+    ``(m − μ) / (σ + eps)`` (``zscore``); maps of another size than the fitted ones get the statistics resized
+    bilinearly. The result keeps what is unusual *at that place*, so the image score (the map's maximum) no longer
+    follows what every normal image shows.
+    """
+
+    def __init__(self, cfg: PositionNormConfig | None = None) -> None:
+        self.cfg = cfg or PositionNormConfig()
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.mean is not None and (self.cfg.mode == "subtract" or self.std is not None)
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise NotFittedError("position_norm: not fitted; call fit(maps of normal validation images) "
+                                 "or load_state_dict() from a checkpoint first")
+
+    def _smooth(self, stat: torch.Tensor) -> torch.Tensor:
+        if self.cfg.sigma == 0:
+            return stat
+        return Gaussian(GaussianConfig(sigma=self.cfg.sigma))(stat[None, None])[0, 0]
+
+    def fit(self, maps: Any) -> PositionNorm:
+        t, _ = _maps_tensor(maps, "position_norm.fit")
+        t = t[:, 0].double().cpu()
+        need = 2 if self.cfg.mode == "zscore" else 1
+        if t.shape[0] < need:
+            raise DataError(f"position_norm.fit: mode {self.cfg.mode!r} needs at least {need} normal maps, "
+                            f"got {t.shape[0]}")
+        if not torch.isfinite(t).all():
+            raise DataError("position_norm.fit: the maps contain NaN or infinite values")
+        self.mean = self._smooth(t.mean(0)).float()
+        self.std = self._smooth(t.std(0)).float() if self.cfg.mode == "zscore" else None
+        return self
+
+    def _stat(self, stat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        s = stat.to(device=like.device, dtype=like.dtype)
+        if tuple(s.shape) != tuple(like.shape[-2:]):
+            s = F.interpolate(s[None, None], size=like.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+        return s
+
+    def __call__(self, maps: Any) -> Any:
+        self._require_fitted()
+        t, back = _maps_tensor(maps, "position_norm")
+        out = t - self._stat(self.mean, t)  # type: ignore[arg-type]
+        if self.cfg.mode == "zscore":
+            out = out / (self._stat(self.std, t) + self.cfg.eps)  # type: ignore[arg-type]
+        result = back(_restore_shape(out, maps))
+        if isinstance(result, np.ndarray) and np.asarray(maps).dtype.kind == "f":
+            result = result.astype(np.asarray(maps).dtype, copy=False)
+        return result
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._require_fitted()
+        state = {"mean": self.mean.clone()}  # type: ignore[union-attr]
+        if self.std is not None:
+            state["std"] = self.std.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        keys = ["mean"] + (["std"] if self.cfg.mode == "zscore" else [])
+        values = []
+        for key in keys:
+            if key not in state:
+                raise CheckpointError(f"position_norm state: missing key {key!r} (found {sorted(state)})")
+            v = torch.as_tensor(state[key], dtype=torch.float32)
+            if v.ndim != 2 or not torch.isfinite(v).all():
+                raise CheckpointError(f"position_norm state: {key!r} must be a finite H×W map, "
+                                      f"got shape {tuple(v.shape)}")
+            values.append(v)
+        if len(values) == 2 and values[0].shape != values[1].shape:
+            raise CheckpointError(f"position_norm state: 'mean' {tuple(values[0].shape)} and 'std' "
+                                  f"{tuple(values[1].shape)} differ in shape")
+        self.mean = values[0]
+        self.std = values[1] if len(values) == 2 else None
+
+    def __repr__(self) -> str:
+        shape = f", fitted on {tuple(self.mean.shape)} maps" if self.mean is not None else ""
+        return f"PositionNorm(mode={self.cfg.mode!r}, sigma={self.cfg.sigma}{shape})"
 
 
 # ---- weighted fusion -------------------------------------------------------------------------------------

@@ -31,6 +31,32 @@ def test_train_writes_run_and_report(smoke_run):
         assert key in blob
     assert (run / "report" / "metrics.md").read_text().count("|") > 10
     assert list((run / "report" / "figures").rglob("*.png"))
+    assert "distance only" in (run / "report" / "branches" / "metrics.md").read_text()
+
+
+def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
+    """The distance map's per-position reference is fitted on the held-out normal images after training, stored
+    in model.pt, and a loaded model (same backbone, same reconstructor) subtracts it: its distance maps of those
+    normal images average to about zero."""
+    import torch
+
+    from apps.common.data import open_data, split_validation
+
+    run, _ = smoke_run
+    method, ckpt = APP.load_method(run, torch.device("cpu"))
+    # the smoke backbone has random weights (weights = "none"): only the checkpoint can restore them
+    assert any(k.startswith("backbone.") for k in ckpt["state"]["modules"])
+    state = ckpt["state"]["extra"]["distance_norm"]
+    assert state["mean"].shape == (16, 16) and float(state["mean"].min()) > 0     # smoke: 16×16 feature grid
+    data = open_data(method.config)
+    _, val_idx = split_validation(data.train, float(method.config["train"]["val_fraction"]),
+                                  int(method.config["train"]["seed"]))
+    images = torch.stack([data.train[i].image for i in val_idx])
+    with torch.no_grad():
+        out = method.predict(images)
+        feats = method.features(images)
+        raw = method.distance(method.modules["reconstructor"](feats), feats)
+    assert abs(float(out.extras["distance"].mean())) < 0.2 * float(raw.mean())
 
 
 def test_test_verb_and_predict(smoke_run, tmp_path, run_app):

@@ -16,6 +16,7 @@ chance.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -137,15 +138,20 @@ class ALMRR(Method):
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.distance_norm is not None and "distance_norm" in state:
+        if self.distance_norm is None:
+            return
+        if "distance_norm" in state:
             self.distance_norm.load_state_dict(state["distance_norm"])
+        else:  # an epoch checkpoint of a training that did not finish: nothing fitted yet
+            warnings.warn("pipeline.distance_norm: not fitted in this checkpoint (training did not finish); "
+                          "the distance map is reported raw", RuntimeWarning, stacklevel=2)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         feats = self.features(images)
         recon = self.modules["reconstructor"](feats)
         dist = self.distance(recon, feats)
-        if self.distance_norm is not None:
+        if self.distance_norm is not None and self.distance_norm.fitted:
             dist = self.distance_norm(dist)
         size = images.shape[-2:]
         dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)

@@ -167,3 +167,19 @@ def test_own_folder_of_images(tmp_path, run_app):
     assert code == 0, err
     metrics = json.loads((run / "report" / "metrics.json").read_text())["mean"]
     assert 0 <= metrics["image_auroc"] <= 1 and metrics["pixel_ap"] is None  # no masks: pixel metrics undefined
+
+
+def test_unfinished_checkpoint_reports_the_raw_distance(smoke_run):
+    """An epoch checkpoint (training interrupted before the fit) still tests: the distance comes raw, with a warning."""
+    import torch
+
+    run, _ = smoke_run
+    with pytest.warns(RuntimeWarning, match="distance_norm: not fitted"):
+        method, _ = APP.load_method(run / "checkpoint.pt", torch.device("cpu"))
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = method.predict(images)
+        feats = method.features(images)
+        raw = method.distance(method.modules["reconstructor"](feats), feats)
+    expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.extras["distance"], expected)

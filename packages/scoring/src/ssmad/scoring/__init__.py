@@ -4,8 +4,8 @@
     metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
 
 Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
-``quantile_norm``, ``position_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``,
-``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
+``quantile_norm``, ``position_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``,
+``image_f1max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
 """
 
 from .metrics import (

@@ -23,7 +23,13 @@ def open_data(config: dict[str, Any]):
     if data.get("category"):
         params["category"] = data["category"]
     params.setdefault("image_size", int(data["image_size"]))
-    return open_dataset(str(data["spec"]), **params)
+    try:
+        return open_dataset(str(data["spec"]), **params)
+    except ConfigError as exc:
+        if "missing required parameter" not in str(exc):
+            raise
+        # the dataset's own options come from [data.params], on the command line --data-param KEY=VALUE
+        raise ConfigError(f"{exc} (give it in [data.params] or with --data-param KEY=VALUE)") from None
 
 
 def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -100,6 +100,7 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     (["train", "--preset", "smok"], "available: smoke"),
     (["train", "--preset", "smoke", "--set", "tarin.epochs=1"], "tarin"),
     (["test", "--run", "/nonexistent/run"], "/nonexistent/run"),
+    (["train", "--data", "folder:/nonexistent/imgs"], "missing required parameter 'normal' (give it in [data.params]"),
     (["train", "--preset", "smoke", "--device", "tpu"], "--device 'tpu'"),
 ])
 def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):

@@ -104,5 +104,5 @@ def test_folder_config_through_registry(tmp_path):
     assert len(ds.train) == 3 and len(ds.test) == 2
     with pytest.raises(ConfigError, match="test_fraction"):
         build("dataset", "folder", root=str(tmp_path), normal="good", test_fraction=1.0)
-    with pytest.raises(ConfigError, match="normal"):
+    with pytest.raises(ConfigError, match="dataset 'folder': missing required parameter 'normal'$"):
         build("dataset", "folder", root=str(tmp_path))

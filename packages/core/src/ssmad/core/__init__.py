@@ -23,7 +23,7 @@ from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "Registry",

@@ -184,6 +184,10 @@ def make_config(cls: type, params: Mapping[str, Any] | None, where: str) -> Any:
             raise ConfigError(
                 f"{where}: parameter {key!r} must be {_describe(tp)}, got {value!r}"
             ) from None
+    missing = [k for k, f in fields.items() if f.init and f.default is attrs.NOTHING and k not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing required parameter{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(repr(k) for k in missing)}")
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:

@@ -65,6 +65,7 @@ class ALMRR(Method):
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
         self.score = build_role(config, "score")
         self.distance_norm = build_role(config, "distance_norm")
+        self._warned_unfitted = False
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
 
@@ -140,19 +141,22 @@ class ALMRR(Method):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.distance_norm is None:
             return
-        if "distance_norm" in state:
+        if "distance_norm" in state:  # (absent from the epoch checkpoints of a training that did not finish)
             self.distance_norm.load_state_dict(state["distance_norm"])
-        else:  # an epoch checkpoint of a training that did not finish: nothing fitted yet
-            warnings.warn("pipeline.distance_norm: not fitted in this checkpoint (training did not finish); "
-                          "the distance map is reported raw", RuntimeWarning, stacklevel=2)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         feats = self.features(images)
         recon = self.modules["reconstructor"](feats)
         dist = self.distance(recon, feats)
-        if self.distance_norm is not None and self.distance_norm.fitted:
-            dist = self.distance_norm(dist)
+        if self.distance_norm is not None:
+            if self.distance_norm.fitted:
+                dist = self.distance_norm(dist)
+            elif not self._warned_unfitted:
+                self._warned_unfitted = True
+                warnings.warn("pipeline.distance_norm: not fitted (a checkpoint of a training that did not finish, "
+                              "or no held-out normal images); the distance map is reported raw", RuntimeWarning,
+                              stacklevel=2)
         size = images.shape[-2:]
         dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
         if "refiner" not in self.modules:

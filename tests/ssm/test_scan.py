@@ -79,12 +79,15 @@ def test_torch_backend_block_size_does_not_matter(length, budget, seed):
     import ssmad.ssm.scan as scan_module
 
     inputs = make_inputs(2, 3, length, 4, seed=seed, with_d=True, with_z=True, with_bias=True)
-    saved = scan_module._BLOCK_ELEMENTS
-    scan_module._BLOCK_ELEMENTS = budget
+    saved = scan_module._BLOCK_ELEMENTS, scan_module._BLOCK_ELEMENTS_NO_GRAD
+    scan_module._BLOCK_ELEMENTS = scan_module._BLOCK_ELEMENTS_NO_GRAD = budget
     try:
         assert_agree(selective_scan_torch, inputs, True)
+        with torch.no_grad():                                   # the forward-only path has its own blocks
+            torch.testing.assert_close(selective_scan_torch(**inputs, delta_softplus=True),
+                                       selective_scan_reference(**inputs, delta_softplus=True), rtol=RTOL, atol=ATOL)
     finally:
-        scan_module._BLOCK_ELEMENTS = saved
+        scan_module._BLOCK_ELEMENTS, scan_module._BLOCK_ELEMENTS_NO_GRAD = saved
 
 
 @pytest.mark.parametrize("length", [1, 5])

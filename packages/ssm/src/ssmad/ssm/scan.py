@@ -130,6 +130,7 @@ def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
 
 _LOG2E = 1.4426950408889634
 _BLOCK_ELEMENTS = 2 ** 20     # numbers in one block buffer (block steps × B × N × D), 4 MiB in float32
+_BLOCK_ELEMENTS_NO_GRAD = 2 ** 18   # the same without a backward to follow
 
 
 def _time_major(x: Tensor) -> Tensor:
@@ -255,7 +256,7 @@ class _BlockedScan(torch.autograd.Function):
         if delta_softplus:
             dl = F.softplus(dl)
         # without a backward, quarter-size blocks and early frees keep the call's memory at about the reference's
-        blk = _Blocked(dl, dl * u_t, A.to(ct), B.to(ct), C.to(ct), _BLOCK_ELEMENTS if keep else _BLOCK_ELEMENTS // 4)
+        blk = _Blocked(dl, dl * u_t, A.to(ct), B.to(ct), C.to(ct), _BLOCK_ELEMENTS if keep else _BLOCK_ELEMENTS_NO_GRAD)
         y = None if D is None else u_t * D.to(ct)                     # y_t = C_t·h_t + D u_t
         if not keep:
             del u_t, dl

@@ -59,6 +59,29 @@ def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
     assert abs(float(out.extras["distance"].mean())) < 0.2 * float(raw.mean())
 
 
+def test_border_diagnostic_script(smoke_run, tmp_path, capsys):
+    """scripts/almrr_border.py (the docs/results-mt.md border figures) runs on a finished run and refuses others."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "almrr_border.py"
+    spec = importlib.util.spec_from_file_location("almrr_border", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run, _ = smoke_run
+    assert script.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    share = re.search(r"within the border band: ([0-9.]+)% of the images", out)
+    assert share and 0 <= float(share.group(1)) <= 100, out
+    aurocs = re.findall(r"image AUROC, (.+): ([0-9.]+)", out)
+    assert [name for name, _ in aurocs] == ["raw maximum", "raw maximum, border band left out",
+                                            "maximum after distance_norm"]
+    assert all(0 <= float(v) <= 100 for _, v in aurocs)
+    assert script.main([str(tmp_path / "nothing")]) == 2
+    assert "model.pt not found" in capsys.readouterr().err
+
+
 def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, out, err = run_app(APP, "test", "--run", str(run), "--out", str(tmp_path / "rep"), "--figures", "2")

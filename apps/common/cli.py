@@ -59,7 +59,8 @@ class App:
         pr.add_argument("--run", required=True, help="run folder")
         pr.add_argument("inputs", nargs="+", help="image files or folders")
         pr.add_argument("--out", required=True, help="output folder")
-        pr.add_argument("--save-maps", action="store_true", help="also save raw float maps (.npy, input resolution)")
+        pr.add_argument("--save-maps", action="store_true",
+                        help="also save raw float maps (.npy, input resolution; branch maps as STEM.BRANCH.npy)")
         pr.add_argument("--threshold", type=float, help="image decision threshold (default: from validation images)")
         pr.add_argument("--device", default="auto")
         pr.add_argument("--batch-size", type=int, default=8)
@@ -235,17 +236,24 @@ class App:
             batch = torch.stack([resize_image(im, size) for im in originals]).to(device)
             res = method.predict(batch)
             maps = res.anomaly_map[:, 0].float().cpu()
-            for f, im, amap, score in zip(chunk, originals, maps, res.score.float().cpu().tolist()):
+            branches = {name: m[:, 0].float().cpu() for name, m in res.extras.items()} if args.save_maps else {}
+            for i, (f, im, amap, score) in enumerate(zip(chunk, originals, maps, res.score.float().cpu().tolist())):
                 h, w = im.shape[:2]
-                full = torch.nn.functional.interpolate(amap[None, None], size=(h, w), mode="bilinear",
-                                                       align_corners=False)[0, 0].numpy()
+
+                def full_size(m, h=h, w=w):
+                    return torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="bilinear",
+                                                           align_corners=False)[0, 0].numpy()
+
+                full = full_size(amap)
                 stem = unique_stem(f, files)
                 vmin, vmax = display_range(thresholds, full)
                 Image.fromarray(overlay(im, full, vmin=vmin, vmax=vmax)).save(out / "overlays" / f"{stem}.png")
                 mask = full > pixel_threshold if pixel_threshold is not None else np.zeros_like(full, bool)
                 Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{stem}.png")
-                if args.save_maps:
+                if args.save_maps:  # the method's map, and each branch map alone as <stem>.<branch>.npy
                     np.save(out / "maps" / f"{stem}.npy", full.astype(np.float32))
+                    for name, bmaps in branches.items():
+                        np.save(out / "maps" / f"{stem}.{name}.npy", full_size(bmaps[i]).astype(np.float32))
                 decision = "" if threshold is None else ("anomalous" if score > threshold else "normal")
                 rows.append({"image": str(f), "score": f"{score:.6g}", "decision": decision,
                              "threshold": "" if threshold is None else f"{threshold:.6g}",

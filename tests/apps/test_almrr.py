@@ -100,6 +100,8 @@ def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     assert all(r["decision"] in ("normal", "anomalous") for r in rows)
     amap = np.load(out_dir / "maps" / "a.npy")
     assert amap.shape == (40, 50) and amap.dtype == np.float32  # input resolution
+    dist = np.load(out_dir / "maps" / "a.distance.npy")            # the branch map alone, same resolution
+    assert dist.shape == (40, 50) and np.isfinite(dist).all() and not np.allclose(dist, amap)
     assert Image.open(out_dir / "overlays" / "b.png").size == (30, 30)
     assert Image.open(out_dir / "masks" / "a.png").size == (50, 40)
 

@@ -55,9 +55,13 @@ def test_predict_and_components(smoke_run, tmp_path, run_app):
         files.append(f)
     code, out, err = run_app(APP, "components")
     assert code == 0 and "vim_ae" in out and "cnn_ae" in out
-    code, out, err = run_app(APP, "predict", "--run", str(run), *map(str, files), "--out", str(tmp_path / "p"))
+    code, out, err = run_app(APP, "predict", "--run", str(run), *map(str, files), "--out", str(tmp_path / "p"),
+                             "--save-maps")
     assert code == 0, err
     assert len(list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))) == 2
+    maps = {p.name: np.load(p) for p in (tmp_path / "p" / "maps").glob(f"{files[0].stem}*.npy")}
+    assert sorted(maps) == [f"{files[0].stem}.{s}" for s in ("global.npy", "local.npy", "npy")]
+    assert all(m.shape == (64, 64) for m in maps.values())
 
 
 def test_ablation_switches_build(tmp_path, run_app):

@@ -23,17 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="an ALMRR run folder (with model.pt)")
     ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     args = ap.parse_args(argv)
 
     from apps.almrr.__main__ import APP
     from apps.common.data import open_data
+    from ssmad.core import SsmadError
+    from ssmad.core.device import resolve_device
 
     model = Path(args.run) / "model.pt"
     if not model.is_file():
         print(f"error: {model} not found (a finished ALMRR run folder is needed)", file=sys.stderr)
         return 2
-    method, ckpt = APP.load_method(model, torch.device(args.device))
+    try:
+        method, ckpt = APP.load_method(model, resolve_device(args.device))
+    except SsmadError as exc:  # a bad --device, a checkpoint of another app or version
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     norm = method.distance_norm
     if norm is None or not norm.fitted:
         print(f"error: {model} has no fitted distance_norm (apps 0.2 or later, a finished training)", file=sys.stderr)

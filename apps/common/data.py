@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssmad.core import ConfigError, DataError, Sample
+from ssmad.core import ConfigError, DataError, MissingParameterError, Sample
 
 
 def open_data(config: dict[str, Any]):
@@ -25,11 +25,10 @@ def open_data(config: dict[str, Any]):
     params.setdefault("image_size", int(data["image_size"]))
     try:
         return open_dataset(str(data["spec"]), **params)
-    except ConfigError as exc:
-        if "missing required parameter" not in str(exc):
-            raise
+    except MissingParameterError as exc:
         # the dataset's own options come from [data.params], on the command line --data-param KEY=VALUE
-        raise ConfigError(f"{exc} (give it in [data.params] or with --data-param KEY=VALUE)") from None
+        raise MissingParameterError(f"{exc} (give it in [data.params] or with --data-param KEY=VALUE)",
+                                    exc.names) from None
 
 
 def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from ssmad_dataset_fixtures import box_mask, rgb, save, save_variant
 
-from ssmad.core import ConfigError, DataError, build
+from ssmad.core import ConfigError, DataError, MissingParameterError, build
 from ssmad.datasets import FolderConfig, build_folder
 
 
@@ -104,5 +104,6 @@ def test_folder_config_through_registry(tmp_path):
     assert len(ds.train) == 3 and len(ds.test) == 2
     with pytest.raises(ConfigError, match="test_fraction"):
         build("dataset", "folder", root=str(tmp_path), normal="good", test_fraction=1.0)
-    with pytest.raises(ConfigError, match="dataset 'folder': missing required parameter 'normal'$"):
+    with pytest.raises(MissingParameterError, match="dataset 'folder': missing required parameter 'normal'$") as exc:
         build("dataset", "folder", root=str(tmp_path))
+    assert exc.value.names == ("normal",) and isinstance(exc.value, ConfigError)

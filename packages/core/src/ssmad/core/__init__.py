@@ -18,7 +18,15 @@ from .configs import (
                       positive,
                       suggest,
 )
-from .errors import CheckpointError, ConfigError, DataError, SsmadError, TrainingError, UnknownComponentError
+from .errors import (
+                      CheckpointError,
+                      ConfigError,
+                      DataError,
+                      MissingParameterError,
+                      SsmadError,
+                      TrainingError,
+                      UnknownComponentError,
+)
 from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
@@ -26,8 +34,8 @@ from .registry import KINDS, ComponentInfo, Registry, build, build_spec, compone
 __version__ = "0.1.1"
 
 __all__ = [
-    "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "Registry",
-    "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "build", "build_spec", "closest",
+    "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",
+    "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "build", "build_spec", "closest",
     "components", "config_to_dict", "configclass", "describe", "field", "hookimpl", "hookspec", "in_range",
     "make_config", "non_empty", "non_negative", "positive", "registry", "reset_registry", "suggest",
 ]

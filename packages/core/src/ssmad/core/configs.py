@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingParameterError
 
 field = attrs.field
 
@@ -186,8 +186,8 @@ def make_config(cls: type, params: Mapping[str, Any] | None, where: str) -> Any:
             ) from None
     missing = [k for k, f in fields.items() if f.init and f.default is attrs.NOTHING and k not in values]
     if missing:
-        raise ConfigError(f"{where}: missing required parameter{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(repr(k) for k in missing)}")
+        raise MissingParameterError(f"{where}: missing required parameter{'s' if len(missing) > 1 else ''} "
+                                    f"{', '.join(repr(k) for k in missing)}", tuple(missing))
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:

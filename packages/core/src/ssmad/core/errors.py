@@ -20,6 +20,14 @@ class UnknownComponentError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class MissingParameterError(ConfigError):
+    """A component config without a parameter it requires; ``names`` lists the missing ones."""
+
+    def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = names
+
+
 class DataError(SsmadError):
     """A missing folder, an unreadable image, a wrong dataset layout."""
 

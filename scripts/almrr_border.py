@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         for start in range(0, len(test), 8):
             samples = [test[i] for i in range(start, min(start + 8, len(test)))]
             images = torch.stack([s.image for s in samples]).to(method.device)
-            feats = method.features(images)
-            dist = method.distance(method.modules["reconstructor"](feats), feats)
+            dist = method.raw_distance(images)
             dist_n = norm(dist)
             grid = dist.shape[-1]
             band = max(1, round(args.band_px * grid / image_size))

@@ -123,14 +123,19 @@ class ALMRR(Method):
         return ((recon - feats) ** 2).mean(1, keepdim=True)
 
     @torch.no_grad()
+    def raw_distance(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature distance of images before any normalisation, B×1×S×S on the feature grid."""
+        feats = self.features(images)
+        return self.distance(self.modules["reconstructor"](feats), feats)
+
+    @torch.no_grad()
     def after_training(self, normal_images: list[torch.Tensor]) -> None:
         if self.distance_norm is None or not normal_images:
             return
         maps = []
         for i in range(0, len(normal_images), self.eval_batch_size):
             images = torch.stack(normal_images[i:i + self.eval_batch_size]).to(self.device)
-            feats = self.features(images)
-            maps.append(self.distance(self.modules["reconstructor"](feats), feats).cpu())
+            maps.append(self.raw_distance(images).cpu())
         self.distance_norm.fit(torch.cat(maps))
 
     def extra_state(self) -> dict[str, Any]:

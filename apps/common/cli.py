@@ -238,13 +238,7 @@ class App:
             maps = res.anomaly_map[:, 0].float().cpu()
             branches = {name: m[:, 0].float().cpu() for name, m in res.extras.items()} if args.save_maps else {}
             for i, (f, im, amap, score) in enumerate(zip(chunk, originals, maps, res.score.float().cpu().tolist())):
-                h, w = im.shape[:2]
-
-                def full_size(m, h=h, w=w):
-                    return torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="bilinear",
-                                                           align_corners=False)[0, 0].numpy()
-
-                full = full_size(amap)
+                full = _to_size(amap, im.shape[:2])
                 stem = unique_stem(f, files)
                 vmin, vmax = display_range(thresholds, full)
                 Image.fromarray(overlay(im, full, vmin=vmin, vmax=vmax)).save(out / "overlays" / f"{stem}.png")
@@ -253,7 +247,8 @@ class App:
                 if args.save_maps:  # the method's map, and each branch map alone as <stem>.<branch>.npy
                     np.save(out / "maps" / f"{stem}.npy", full.astype(np.float32))
                     for name, bmaps in branches.items():
-                        np.save(out / "maps" / f"{stem}.{name}.npy", full_size(bmaps[i]).astype(np.float32))
+                        branch = _to_size(bmaps[i], im.shape[:2])
+                        np.save(out / "maps" / f"{stem}.{name}.npy", branch.astype(np.float32))
                 decision = "" if threshold is None else ("anomalous" if score > threshold else "normal")
                 rows.append({"image": str(f), "score": f"{score:.6g}", "decision": decision,
                              "threshold": "" if threshold is None else f"{threshold:.6g}",
@@ -303,6 +298,14 @@ class TestImages(Sequence):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.samples[i].image.permute(1, 2, 0).numpy()
+
+
+def _to_size(amap, size: tuple[int, int]) -> np.ndarray:
+    """An H'×W' torch map resized (bilinear) to ``size`` = (H, W), as a numpy array."""
+    import torch
+
+    return torch.nn.functional.interpolate(amap[None, None], size=size, mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
 
 
 def display_range(thresholds: dict[str, float], amap: np.ndarray) -> tuple[float, float]:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmad.ssm import ViMEncoder, selective_scan_reference, selective_scan_torch
-from ssmad.ssm.bench import make_inputs
+from ssmad.ssm import ViMEncoder, cpu_kernel_available, cpu_kernel_status
+from ssmad.ssm.bench import BACKENDS, make_inputs
 
 ALMRR_SCAN = (4, 384, 256, 16)
-BACKENDS = {"reference": selective_scan_reference, "torch": selective_scan_torch}
+needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason=f"CPU scan kernel {cpu_kernel_status()}")
+NAMES = ["reference", "torch", pytest.param("cpu", marks=needs_kernel)]
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", NAMES)
 def test_scan_forward(benchmark, backend):
     fn = BACKENDS[backend]
     inputs = make_inputs(*ALMRR_SCAN, grad=False)
@@ -32,7 +33,7 @@ def test_scan_forward(benchmark, backend):
     assert out.shape == (4, 384, 256)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", NAMES)
 def test_scan_forward_backward(benchmark, backend):
     fn = BACKENDS[backend]
     inputs = make_inputs(*ALMRR_SCAN, grad=True)
@@ -47,7 +48,7 @@ def test_scan_forward_backward(benchmark, backend):
     assert torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("scan", ["torch"])
+@pytest.mark.parametrize("scan", ["torch", pytest.param("cpu", marks=needs_kernel)])
 def test_vim_encoder_forward_almrr(benchmark, scan):
     torch.manual_seed(0)
     enc = ViMEncoder(in_chans=1024, img_size=64, patch_size=4, d_model=192, depth=8, scan=scan).eval()

@@ -8,10 +8,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmad.core import build
-from ssmad.ssm import AutoScan, mamba_ssm_available, selective_scan_reference, selective_scan_torch
+from ssmad.ssm import (
+    AutoScan,
+    cpu_kernel_available,
+    cpu_kernel_status,
+    mamba_ssm_available,
+    selective_scan_cpu,
+    selective_scan_reference,
+    selective_scan_torch,
+)
 
 RTOL, ATOL = 6e-4, 2e-3            # the tolerances mamba_ssm uses between its kernel and its reference (fp32)
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# the fast backends held to the reference: pure PyTorch, and the compiled CPU kernel where it builds
+needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason=f"CPU scan kernel {cpu_kernel_status()}")
+FAST = pytest.mark.parametrize("fast", [pytest.param(selective_scan_torch, id="torch"),
+                                        pytest.param(selective_scan_cpu, id="cpu", marks=needs_kernel)])
 
 
 def make_inputs(b: int, d: int, length: int, n: int, *, seed: int, with_d: bool, with_z: bool, with_bias: bool,
@@ -57,10 +69,11 @@ case = st.fixed_dictionaries({
 })
 
 
+@FAST
 @settings(max_examples=30, deadline=None)
 @given(case=case, softplus=st.booleans())
-def test_torch_backend_matches_reference(case, softplus):
-    assert_agree(selective_scan_torch, make_inputs(**case), softplus)
+def test_fast_backends_match_reference(fast, case, softplus):
+    assert_agree(fast, make_inputs(**case), softplus)
 
 
 @pytest.mark.skipif(not (mamba_ssm_available() and torch.cuda.is_available()), reason="needs mamba_ssm and CUDA")
@@ -90,37 +103,40 @@ def test_torch_backend_block_size_does_not_matter(length, budget, seed):
         scan_module._BLOCK_ELEMENTS, scan_module._BLOCK_ELEMENTS_NO_GRAD = saved
 
 
+@FAST
 @pytest.mark.parametrize("length", [1, 5])
 @pytest.mark.parametrize("grad", [False, True])
-def test_torch_backend_leaves_its_inputs_alone(length, grad):
-    """The backend works in place on its own copies only (L = 1 is where a transpose is no copy)."""
+def test_fast_backends_leave_their_inputs_alone(fast, length, grad):
+    """The backends work in place on their own copies only (L = 1 is where a transpose is no copy)."""
     inputs = make_inputs(1, 1, length, 4, seed=7, with_d=True, with_z=True, with_bias=True)
     before = {k: v.detach().clone() for k, v in inputs.items()}
     with torch.set_grad_enabled(grad):
-        out = selective_scan_torch(**inputs, delta_softplus=True)
+        out = fast(**inputs, delta_softplus=True)
         if grad:
             out.sum().backward()
     for k, v in inputs.items():
         assert torch.equal(v.detach(), before[k]), k
 
 
-def test_torch_backend_gradcheck_float64():
-    """The hand-written backward is the exact derivative (finite differences in float64), last state included."""
+@FAST
+def test_fast_backends_gradcheck_float64(fast):
+    """The hand-written backwards are the exact derivative (finite differences in float64), last state included."""
     inputs = make_inputs(2, 3, 11, 4, seed=3, with_d=True, with_z=True, with_bias=True, dtype=torch.float64)
     keys = [k for k in NAMES if inputs[k] is not None]
 
     def f(*args):
-        out, last = selective_scan_torch(**dict(zip(keys, args)), delta_softplus=True, return_last_state=True)
+        out, last = fast(**dict(zip(keys, args)), delta_softplus=True, return_last_state=True)
         return out, last
 
     assert torch.autograd.gradcheck(f, tuple(inputs[k] for k in keys))
 
 
+@FAST
 @pytest.mark.parametrize("length", [1, 7, 16, 33, 100])
-def test_last_state_matches_reference(length):
+def test_last_state_matches_reference(fast, length):
     inputs = make_inputs(2, 3, length, 4, seed=length, with_d=True, with_z=False, with_bias=True)
     ref_out, ref_last = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True)
-    out, last = selective_scan_torch(**inputs, delta_softplus=True, return_last_state=True)
+    out, last = fast(**inputs, delta_softplus=True, return_last_state=True)
     assert last.shape == (2, 3, 4)
     torch.testing.assert_close(out, ref_out, rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(last, ref_last, rtol=RTOL, atol=ATOL)
@@ -128,7 +144,7 @@ def test_last_state_matches_reference(length):
 
 @settings(max_examples=15, deadline=None)
 @given(length=st.integers(2, 70), cut=st.data(), seed=st.integers(0, 2**31 - 1),
-       backend=st.sampled_from(["torch", "reference"]))
+       backend=st.sampled_from(["torch", "reference"] + (["cpu"] if cpu_kernel_available() else [])))
 def test_scan_is_causal(length, cut, seed, backend):
     """Changing inputs after step t leaves outputs up to t unchanged."""
     fn = build("scan", backend)
@@ -149,7 +165,8 @@ def test_scan_is_causal(length, cut, seed, backend):
     assert not torch.allclose(y1[..., t + 1:], y0[..., t + 1:])
 
 
-def test_long_sequence_is_stable():
+@FAST
+def test_long_sequence_is_stable(fast):
     """L = 4096 with Δ·A down to -50 (and channels with almost no decay): finite, and equal to the reference."""
     b, d, length, n = 1, 3, 4096, 4
     g = torch.Generator().manual_seed(0)
@@ -160,7 +177,7 @@ def test_long_sequence_is_stable():
     C = torch.randn(b, n, length, generator=g).requires_grad_()
     inputs = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": None, "z": None, "delta_bias": None}
     ref_out, ref_grads, gout = run(selective_scan_reference, inputs, False)
-    out, grads, _ = run(selective_scan_torch, inputs, False, gout)
+    out, grads, _ = run(fast, inputs, False, gout)
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(gr).all() for gr in grads.values())
     # the slow channel accumulates ~|u|·1000: compare relative to the output scale
@@ -170,32 +187,35 @@ def test_long_sequence_is_stable():
         torch.testing.assert_close(gr, ref_grads[k], rtol=RTOL, atol=ATOL * scale, msg=lambda m, k=k: f"{k}: {m}")
 
 
-def test_very_negative_decays_with_softplus():
+@FAST
+def test_very_negative_decays_with_softplus(fast):
     """Softplus Δ up to ~50 with A = -16 (Δ·A ≈ -800): still finite and equal to the reference."""
     inputs = make_inputs(1, 4, 300, 16, seed=1, with_d=True, with_z=True, with_bias=False)
     with torch.no_grad():
         inputs["delta"].mul_(100)
         inputs["A"].mul_(32)
-    assert_agree(selective_scan_torch, inputs, True)
+    assert_agree(fast, inputs, True)
 
 
-def test_low_precision_inputs_return_their_dtype():
+@FAST
+def test_low_precision_inputs_return_their_dtype(fast):
     inputs = make_inputs(2, 3, 20, 4, seed=0, with_d=True, with_z=True, with_bias=True)
     half = {k: (v.detach().bfloat16() if k in ("u", "delta", "z", "B", "C") and v is not None else v)
             for k, v in inputs.items()}
-    out = selective_scan_torch(**half, delta_softplus=True)
+    out = fast(**half, delta_softplus=True)
     ref = selective_scan_reference(**half, delta_softplus=True)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
 
 
-def test_no_grad_and_inference_mode():
+@FAST
+def test_no_grad_and_inference_mode(fast):
     inputs = make_inputs(2, 3, 20, 4, seed=0, with_d=True, with_z=True, with_bias=True)
     expected = selective_scan_reference(**inputs, delta_softplus=True)
     with torch.no_grad():
-        a = selective_scan_torch(**inputs, delta_softplus=True)
+        a = fast(**inputs, delta_softplus=True)
     with torch.inference_mode():
-        b = selective_scan_torch(**inputs, delta_softplus=True)
+        b = fast(**inputs, delta_softplus=True)
     torch.testing.assert_close(a, expected, rtol=RTOL, atol=ATOL)
     torch.testing.assert_close(b, expected, rtol=RTOL, atol=ATOL)
 
@@ -210,7 +230,7 @@ def test_no_grad_and_inference_mode():
     ({"z": torch.zeros(2, 3, 4)}, "z must"),
     ({"delta_bias": torch.zeros(2)}, "delta_bias"),
 ])
-@pytest.mark.parametrize("fn", [selective_scan_reference, selective_scan_torch])
+@pytest.mark.parametrize("fn", [selective_scan_reference, selective_scan_torch, selective_scan_cpu])
 def test_bad_shapes_are_reported(fn, bad, message):
     args = {"u": torch.zeros(2, 3, 5), "delta": torch.zeros(2, 3, 5), "A": torch.zeros(3, 4),
             "B": torch.zeros(2, 4, 5), "C": torch.zeros(2, 4, 5)}
@@ -225,10 +245,10 @@ def test_registry_backends():
     auto = build("scan", "auto")
     assert isinstance(auto, AutoScan)
     inputs = make_inputs(1, 2, 9, 4, seed=0, with_d=True, with_z=False, with_bias=False)
-    assert auto.backend_for(inputs["u"]) == "torch"
+    assert auto.backend_for(inputs["u"]) == ("cpu" if cpu_kernel_available() else "torch")
     torch.testing.assert_close(auto(**inputs), selective_scan_reference(**inputs), rtol=RTOL, atol=ATOL)
     from ssmad.core import components
 
     names = {c.name for c in components("scan")}
-    assert {"reference", "torch", "auto"} <= names
+    assert {"reference", "torch", "cpu", "auto"} <= names
     assert ("mamba_ssm" in names) == mamba_ssm_available()

@@ -38,13 +38,20 @@ def torch_scan() -> Any:
     return selective_scan_torch
 
 
+def cpu_scan() -> Any:
+    """Selective scan by a C++ kernel compiled on first use (CPU tensors; needs a C++ compiler)."""
+    from .cpu_kernel import selective_scan_cpu
+
+    return selective_scan_cpu
+
+
 def mamba_ssm_scan() -> Any:
     """Selective scan by mamba_ssm's CUDA kernel (CUDA tensors only)."""
     return selective_scan_mamba
 
 
 def auto_scan() -> Any:
-    """Selective scan picked per call: mamba_ssm for CUDA tensors when available, else torch."""
+    """Selective scan picked per call: mamba_ssm on CUDA, the cpu kernel on CPU, where available; else torch."""
     return AutoScan()
 
 
@@ -64,6 +71,7 @@ def vim_mixer(cfg: VimMixerConfig) -> Any:
 def ssmad_register(register) -> None:
     register("scan", "reference", reference_scan)
     register("scan", "torch", torch_scan)
+    register("scan", "cpu", cpu_scan)
     if mamba_ssm_available():
         register("scan", "mamba_ssm", mamba_ssm_scan)
     register("scan", "auto", auto_scan)

@@ -17,8 +17,11 @@ Backends (all take the same arguments and return ``out`` in ``u``'s dtype, plus 
   shape. It keeps the decays exp(Δ·A) for the backward but not the B×D×N×L states, which the backward recomputes
   a block at a time (without exponentials). No exponent is ever negated, so nothing can overflow where the
   recurrence itself does not (long sequences and very negative Δ·A are safe).
+- :func:`~ssmad.ssm.cpu_kernel.selective_scan_cpu` (module ``cpu_kernel``) — a small C++ kernel for CPU tensors,
+  compiled on first use; about twice as fast again as ``torch`` on the CPU.
 - :func:`selective_scan_mamba` — ``mamba_ssm``'s CUDA kernel, only when ``mamba_ssm`` imports.
-- :class:`AutoScan` — per call: ``mamba_ssm`` for CUDA tensors when it is available, else ``torch``.
+- :class:`AutoScan` — per call: ``mamba_ssm`` for CUDA tensors when it is available, ``cpu`` for CPU tensors when
+  the kernel builds, else ``torch``.
 
 Arithmetic is in float32 (float64 inputs stay float64, which the tests use for gradient checks).
 """
@@ -75,6 +78,18 @@ def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, softplus: bool) -> 
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
     return F.softplus(delta) if softplus else delta
+
+
+def _silu_gate_backward(gy: Tensor, pre_gate: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """For out = y·silu(z): (∂L/∂y, ∂L/∂z) from g = ∂L/∂out, y and z (any common layout)."""
+    sz = torch.sigmoid(z)
+    gz = gy * pre_gate * sz * (1 + z * (1 - sz))
+    return gy * (z * sz), gz
+
+
+def _softplus_grad_(g: Tensor, delta: Tensor) -> Tensor:
+    """g ← g·∂Δ/∂δ in place for Δ = softplus(δ): σ(δ) = 1 - exp(-Δ), computed from Δ itself."""
+    return g.mul_(torch.expm1(-delta).neg_())
 
 
 # ---- reference -----------------------------------------------------------------------------------------------
@@ -285,9 +300,8 @@ class _BlockedScan(torch.autograd.Function):
         gy = _time_major(gout.to(ct))
         gz = None
         if z is not None:
-            sz = torch.sigmoid(z_t)
-            gz = _channel_major(gy * pre_gate * sz * (1 + z_t * (1 - sz)))      # out = y·silu(z)
-            gy.mul_(z_t * sz)
+            gy, gz = _silu_gate_backward(gy, pre_gate, z_t)
+            gz = _channel_major(gz)
         gD = (gy * u_t).sum((0, 1)) if D is not None else None
         if glast is not None and ctx.return_last_state:
             glast = glast.to(ct).transpose(-1, -2)
@@ -298,8 +312,8 @@ class _BlockedScan(torch.autograd.Function):
         gu = g_du.mul_(blk.dl)
         if D is not None:
             gu.addcmul_(gy, D.to(ct))
-        if ctx.delta_softplus:                                         # Δ = softplus(δ + bias): ∂Δ/∂δ = σ(δ + bias)
-            g_dl.mul_(torch.expm1(-blk.dl).neg_())                     # = 1 - exp(-Δ)
+        if ctx.delta_softplus:                                         # Δ = softplus(δ + bias)
+            _softplus_grad_(g_dl, blk.dl)
         g_bias = g_dl.sum((0, 1)) if delta_bias is not None else None
 
         def back(g, ref):
@@ -359,15 +373,27 @@ def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
 
 class AutoScan:
-    """Picks a backend per call: ``mamba_ssm`` for CUDA tensors when it imports, else ``torch``."""
+    """Picks a backend per call: ``mamba_ssm`` for CUDA tensors when it imports, the compiled ``cpu`` kernel for
+    CPU tensors when it builds, else ``torch``."""
 
     def backend_for(self, u: Tensor) -> str:
-        return "mamba_ssm" if u.is_cuda and mamba_ssm_available() else "torch"
+        if u.is_cuda:
+            return "mamba_ssm" if mamba_ssm_available() else "torch"
+        if u.device.type == "cpu":
+            from .cpu_kernel import cpu_kernel_available
+
+            if cpu_kernel_available():
+                return "cpu"
+        return "torch"
 
     def __call__(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                  z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                  return_last_state: bool = False):
-        fn = selective_scan_mamba if self.backend_for(u) == "mamba_ssm" else selective_scan_torch
+        name = self.backend_for(u)
+        if name == "cpu":
+            from .cpu_kernel import selective_scan_cpu as fn
+        else:
+            fn = selective_scan_mamba if name == "mamba_ssm" else selective_scan_torch
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     def __repr__(self) -> str:

@@ -1,0 +1,264 @@
+"""The selective scan as a small compiled CPU kernel (``scan``/``cpu``), built on first use.
+
+``csrc/selective_scan_cpu.cpp`` holds the forward and the adjoint (backward) recurrence, one channel at a time
+with the N states in cache; this module compiles it with the system's C++ compiler into a plain shared library
+(no Python or torch headers: it builds in a second or two), loads it with ``ctypes`` and wraps it in an autograd
+function. Work is split over channel ranges run on ``torch.get_num_threads()`` threads: by OpenMP inside the
+kernel where the compiler has it (PyTorch's own OpenMP runtime, already loaded, whose threads are warm), else by a
+small Python thread pool (ctypes releases the GIL during the call). The library is cached in
+``$SSMAD_KERNEL_CACHE`` (default ``~/.cache/ssmad/kernels``) under a name derived from the source, the compiler,
+the flags and the CPU, so an edited source or another CPU builds it again.
+
+``SSMAD_CPU_KERNEL=0`` turns the kernel off: ``auto`` then uses the pure-PyTorch ``torch`` backend on the CPU, as
+it does when no compiler is found or the build fails (:func:`cpu_kernel_status` says why).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .scan import _check, _compute_dtype, _prepare_delta, _silu_gate_backward, _softplus_grad_
+
+__all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
+
+ENV_SWITCH = "SSMAD_CPU_KERNEL"
+ENV_CACHE = "SSMAD_KERNEL_CACHE"
+SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
+_ABI_VERSION = 2
+_COMMON_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+# tried in order: the first set that compiles is used
+_FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native", "-fopenmp-simd"],
+              ["-O3", "-fopenmp-simd"], ["-O2"]]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssmad" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags where /proc tells them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    """Compile the kernel (or find it already compiled); returns the library's path, raises with the reason."""
+    source = SOURCE.read_bytes()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"C++ compiler {compiler!r} does not run: {exc}") from None
+    folder = _cache_dir()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(flags).encode(),
+                                         _cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:20]
+        lib = folder / f"selective_scan_cpu-{key}.so"
+        if lib.is_file():
+            return lib
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot create the kernel cache {folder} ({exc}); set {ENV_CACHE}") from None
+        fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".tmp", dir=folder)
+        os.close(fd)
+        cmd = [compiler, *flags, *_COMMON_FLAGS, str(SOURCE), "-o", tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                os.replace(tmp, lib)                # atomic: a concurrent build of the same key is harmless
+                return lib
+            errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{' '.join(flags)}: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError(f"compiling {SOURCE.name} with {compiler!r} failed: " + "; ".join(errors))
+
+
+def _bind(lib: ctypes.CDLL) -> dict[torch.dtype, tuple]:
+    """The kernel's entry points by dtype: (forward, backward, whether it threads itself)."""
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    if lib.ssmad_scan_abi_version() != _ABI_VERSION:
+        raise RuntimeError("the cached kernel library has another ABI version")
+    openmp = bool(lib.ssmad_scan_openmp())
+    fns = {}
+    for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+        fwd = getattr(lib, f"ssmad_scan_forward_{suffix}")
+        fwd.argtypes = [p] * 7 + [i] * 7
+        fwd.restype = None
+        bwd = getattr(lib, f"ssmad_scan_backward_{suffix}")
+        bwd.argtypes = [p] * 12 + [i] * 7
+        bwd.restype = None
+        fns[dtype] = (fwd, bwd, openmp)
+    return fns
+
+
+def _load() -> dict[torch.dtype, tuple] | None:
+    """The kernel's functions by dtype, or None (the reason in ``_state['why']``); built once per process."""
+    with _lock:
+        if "fns" in _state:
+            return _state["fns"]  # type: ignore[return-value]
+        fns, why = None, ""
+        if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
+            why = f"turned off by {ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+        elif sys.platform == "win32":
+            why = "not built on Windows"
+        elif (compiler := _compiler()) is None:
+            why = "no C++ compiler found (install g++ or clang++, or set CXX)"
+        else:
+            try:
+                fns = _bind(ctypes.CDLL(str(_build(compiler))))
+            except (RuntimeError, OSError, AttributeError) as exc:
+                why = str(exc)
+        _state["fns"], _state["why"] = fns, why
+        return fns
+
+
+def cpu_kernel_available() -> bool:
+    """True when the compiled CPU scan is usable (compiling it now if it has not been built yet)."""
+    return _load() is not None
+
+
+def cpu_kernel_status() -> str:
+    """One line: whether the kernel is usable (and how it threads), or why it is not."""
+    fns = _load()
+    if fns is None:
+        return f"unavailable: {_state['why']}"
+    return "available (OpenMP threads)" if fns[torch.float32][2] else "available (Python threads)"
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    key = f"pool{workers}"
+    pool = _state.get(key)
+    if pool is None:
+        pool = _state[key] = ThreadPoolExecutor(workers, thread_name_prefix="ssmad-scan")
+    return pool  # type: ignore[return-value]
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _parts(d: int) -> int:
+    """How many channel ranges (threads) a call over ``d`` channels runs on."""
+    return max(1, min(torch.get_num_threads(), d))
+
+
+def _run(fn, openmp: bool, parts: int, *args) -> None:
+    """``fn(*args, parts, k0, k1)`` over the ranges 0..parts-1: in one call when the kernel threads itself (OpenMP),
+    else one call per range on a thread pool."""
+    if openmp or parts == 1:
+        fn(*args, parts, 0, parts)
+        return
+    futures = [_pool(parts).submit(fn, *args, parts, k, k + 1) for k in range(parts)]
+    for f in futures:
+        f.result()
+
+
+class _CpuScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        ct = _compute_dtype(u)
+        fwd, _, openmp = _load()[ct]  # type: ignore[index]
+        u_c = u.to(ct).contiguous()
+        dl = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+        dl = dl.contiguous()
+        a_c = A.to(ct).contiguous()
+        b_t = B.to(ct).transpose(1, 2).contiguous()                    # B×L×N
+        c_t = C.to(ct).transpose(1, 2).contiguous()
+        nb, nd, length = u.shape
+        n = A.shape[1]
+        y = u_c.new_empty(nb, nd, length)
+        last = u_c.new_empty(nb, nd, n) if return_last_state else None
+        _run(fwd, openmp, _parts(nd), _ptr(u_c), _ptr(dl), _ptr(a_c), _ptr(b_t), _ptr(c_t), _ptr(y), _ptr(last),
+             nb, nd, length, n)
+        if D is not None:
+            y.addcmul_(u_c, D.to(ct)[:, None])                         # y_t = C_t·h_t + D u_t
+        out = y * torch.nn.functional.silu(z.to(ct)) if z is not None else y
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t,
+                              y if z is not None else None)
+        ctx.delta_softplus = delta_softplus
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
+
+    @staticmethod
+    def backward(ctx, gout, glast=None):
+        u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t, pre_gate = ctx.saved_tensors
+        ct = _compute_dtype(u)
+        _, bwd, openmp = _load()[ct]  # type: ignore[index]
+        gy = gout.to(ct).contiguous()
+        gz = None
+        if z is not None:
+            gy, gz = _silu_gate_backward(gy, pre_gate, z.to(ct))
+            gy = gy.contiguous()
+        gD = (gy * u_c).sum((0, 2)) if D is not None else None
+        glast = None if glast is None else glast.to(ct).contiguous()
+        nb, nd, length = u.shape
+        n = A.shape[1]
+        parts = _parts(nd)
+        g_du, g_dl = torch.empty_like(u_c), torch.empty_like(u_c)
+        g_a = u_c.new_zeros(nd, n)
+        g_b = u_c.new_zeros(parts, nb, length, n)                      # one accumulator per channel range
+        g_c = u_c.new_zeros(parts, nb, length, n)
+        _run(bwd, openmp, parts, _ptr(u_c), _ptr(dl), _ptr(a_c), _ptr(b_t), _ptr(c_t), _ptr(gy), _ptr(glast),
+             _ptr(g_du), _ptr(g_dl), _ptr(g_a), _ptr(g_b), _ptr(g_c), nb, nd, length, n)
+        g_dl.addcmul_(g_du, u_c)                                       # Δ enters through the decay and Δ·u
+        gu = g_du.mul_(dl)
+        if D is not None:
+            gu.addcmul_(gy, D.to(ct)[:, None])
+        if ctx.delta_softplus:
+            _softplus_grad_(g_dl, dl)
+        g_bias = g_dl.sum((0, 2)) if delta_bias is not None else None
+
+        def back(g, ref):
+            return None if g is None or ref is None else g.to(ref.dtype)
+
+        return (back(gu, u), back(g_dl, delta), back(g_a, A), back(g_b.sum(0).transpose(1, 2), B),
+                back(g_c.sum(0).transpose(1, 2), C), back(gD, D), back(gz, z), back(g_bias, delta_bias), None, None)
+
+
+def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                       z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                       return_last_state: bool = False):
+    """The selective scan by the compiled CPU kernel (CPU tensors; builds the kernel on first use)."""
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type != "cpu":
+        raise ValueError(f"selective scan 'cpu': needs CPU tensors, got {u.device} (use 'auto')")
+    if _load() is None:
+        raise RuntimeError(f"selective scan 'cpu': the compiled kernel is {cpu_kernel_status()} "
+                           "(use 'torch' or 'auto', which fall back to pure PyTorch)")
+    return _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state))

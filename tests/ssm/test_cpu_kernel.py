@@ -1,0 +1,129 @@
+"""The compiled CPU scan: building and caching, falling back when it cannot build, threads, exp range, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssmad.ssm import cpu_kernel as ck
+from ssmad.ssm import cpu_kernel_available, cpu_kernel_status, selective_scan_cpu, selective_scan_reference
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason=f"CPU scan kernel {cpu_kernel_status()}")
+
+PROBE = """
+import json, torch
+from ssmad.core import build
+from ssmad.ssm import cpu_kernel_status
+from ssmad.ssm.cpu_kernel import _state
+u = torch.randn(1, 2, 5)
+auto = build("scan", "auto")
+out = {"status": cpu_kernel_status(), "auto": auto.backend_for(u)}
+try:
+    build("scan", "cpu")(u, torch.rand(1, 2, 5), -torch.rand(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5))
+    out["cpu"] = "ran"
+except RuntimeError as exc:
+    out["cpu"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def probe(tmp_path: Path, **env: str) -> dict:
+    full = dict(os.environ, SSMAD_KERNEL_CACHE=str(tmp_path / "cache"), **env)
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=full, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_switched_off_falls_back_to_torch(tmp_path):
+    out = probe(tmp_path, SSMAD_CPU_KERNEL="0")
+    assert out["status"] == "unavailable: turned off by SSMAD_CPU_KERNEL=0"
+    assert out["auto"] == "torch"
+    assert "selective scan 'cpu'" in out["cpu"] and "SSMAD_CPU_KERNEL=0" in out["cpu"]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failing_compiler_falls_back_with_the_reason(tmp_path):
+    fake = tmp_path / "broken-c++"
+    fake.write_text("#!/bin/sh\necho 'fatal error: this compiler is broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    out = probe(tmp_path, CXX=str(fake))
+    assert out["status"].startswith("unavailable: compiling selective_scan_cpu.cpp")
+    assert "this compiler is broken" in out["status"]
+    assert out["auto"] == "torch"
+    assert "use 'torch' or 'auto'" in out["cpu"]
+    assert list((tmp_path / "cache").glob("*")) == []              # no half-written library left behind
+
+
+@needs_kernel
+def test_built_once_then_loaded_from_the_cache(tmp_path):
+    first = probe(tmp_path)
+    assert first["status"].startswith("available") and (first["auto"], first["cpu"]) == ("cpu", "ran")
+    libs = list((tmp_path / "cache").glob("selective_scan_cpu-*.so"))
+    assert len(libs) == 1
+    stamp = libs[0].stat().st_mtime_ns
+    assert probe(tmp_path) == first
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.so")] == [stamp]
+
+
+def _inputs(d: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"u": torch.randn(3, d, 40, generator=g), "delta": torch.rand(3, d, 40, generator=g),
+            "A": -torch.rand(d, 8, generator=g), "B": torch.randn(3, 8, 40, generator=g),
+            "C": torch.randn(3, 8, 40, generator=g), "D": torch.randn(d, generator=g),
+            "z": torch.randn(3, d, 40, generator=g), "delta_bias": torch.rand(d, generator=g)}
+
+
+@needs_kernel
+@pytest.mark.parametrize("own_threads", [False, True], ids=["as-built", "python-threads"])
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_any_thread_count_gives_the_same_result(threads, own_threads, monkeypatch):
+    """Channels are split into ranges per thread and ∂B, ∂C summed over per-range accumulators; the same whether
+    the kernel threads itself (OpenMP) or is called once per range from a Python thread pool."""
+    if own_threads:
+        fns = {k: (f, b, False) for k, (f, b, _) in ck._load().items()}
+        monkeypatch.setitem(ck._state, "fns", fns)
+    saved = torch.get_num_threads()
+    grads = {}
+    for n in (1, threads):
+        torch.set_num_threads(n)
+        try:
+            inputs = {k: v.clone().requires_grad_() for k, v in _inputs(d=5).items()}
+            out = selective_scan_cpu(**inputs, delta_softplus=True)
+            out.backward(torch.ones_like(out))
+            grads[n] = [out.detach()] + [v.grad for v in inputs.values()]
+        finally:
+            torch.set_num_threads(saved)
+    for a, b in zip(grads[1], grads[threads]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_exp_over_its_whole_range():
+    """Decays exp(Δ·A) from underflow to growth (A > 0): the kernel's polynomial exp agrees with torch.exp."""
+    d = 6
+    inputs = _inputs(d, seed=1)
+    inputs["A"] = torch.tensor([-200.0, -80.0, -5.0, -0.01, 0.0, 0.3]).repeat(8, 1).t().contiguous()
+    inputs["delta"] = torch.rand(3, d, 40) * 1.5
+    inputs = {k: v.requires_grad_() for k, v in inputs.items()}
+    ref = selective_scan_reference(**inputs)
+    out = selective_scan_cpu(**inputs)
+    scale = ref.abs().amax(-1, keepdim=True).clamp_min(1.0)      # the growing channel reaches ~1e4
+    torch.testing.assert_close(out / scale, ref / scale, rtol=1e-5, atol=1e-5)
+    g_ref = torch.autograd.grad(ref.sum(), inputs["A"])[0]
+    g_out = torch.autograd.grad(out.sum(), inputs["A"])[0]
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-4, atol=1e-3 * g_ref.abs().max().item())
+
+
+@needs_kernel
+def test_nan_is_not_hidden():
+    """A NaN in A (through the decay only) reaches the output, so a training loop sees it."""
+    inputs = _inputs(4, seed=2)
+    inputs["A"][1, 3] = float("nan")
+    out = selective_scan_cpu(**inputs)
+    assert torch.isnan(out[:, 1]).all() and torch.isfinite(out[:, [0, 2, 3]]).all()

@@ -93,10 +93,10 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
             losses = method.train_step(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                terms = ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+                terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
                 where = f"; the checkpoint of epoch {epoch} is kept in {ckpt_path}" if ckpt_path.exists() else ""
-                raise TrainingError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} ({terms}); "
-                                    f"lower train.lr or check the data{where}")
+                raise TrainingError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
+                                    f"({terms}); lower train.lr or check the data{where}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,40 @@
+"""scripts/gpu_checks.py, the prepared GPU checks, runs end to end (here on a CPU with --quick)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_checks.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_both_reports(script, tmp_path, capsys):
+    assert script.main(["--out", str(tmp_path), "--device", "cpu", "--quick", "--repeats", "1"]) == 0
+    res = json.loads((tmp_path / "gpu_checks.json").read_text())
+    assert res["environment"]["device"] == "cpu"
+    assert "torch" in res["scan_agreement"] and all(r["pass"] for r in res["scan_agreement"].values())
+    assert set(res["scan_speed"]) == {"reference", *res["scan_agreement"]}
+    for app in ("almrr", "vmpfd"):
+        r = res["apps"][app]
+        assert r["train_images_per_s"] > 0 and r["latency_b1_ms"] > 0 and r["image_size"] == 64
+    md = (tmp_path / "gpu_checks.md").read_text()
+    assert "| torch |" in md and "| vmpfd | 64 |" in md
+    assert md in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_missing_is_one_line(script, tmp_path, capsys):
+    assert script.main(["--out", str(tmp_path), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --device cuda: CUDA is not available here"

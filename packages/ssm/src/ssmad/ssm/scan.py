@@ -18,7 +18,7 @@ Backends (all take the same arguments and return ``out`` in ``u``'s dtype, plus 
   a block at a time (without exponentials). No exponent is ever negated, so nothing can overflow where the
   recurrence itself does not (long sequences and very negative Δ·A are safe).
 - :func:`~ssmad.ssm.cpu_kernel.selective_scan_cpu` (module ``cpu_kernel``) — a small C++ kernel for CPU tensors,
-  compiled on first use; about twice as fast again as ``torch`` on the CPU.
+  compiled on first use; about three times as fast as ``torch`` on the CPU.
 - :func:`selective_scan_mamba` — ``mamba_ssm``'s CUDA kernel, only when ``mamba_ssm`` imports.
 - :class:`AutoScan` — per call: ``mamba_ssm`` for CUDA tensors when it is available, ``cpu`` for CPU tensors when
   the kernel builds, else ``torch``.

@@ -61,9 +61,19 @@ class Method(ABC):
         self.modules.train(mode)
 
     def describe(self) -> str:
+        """Parameter counts, and the selective-scan backend that the model's Mamba mixers run here (``auto``
+        resolved: a user sees at once when the CPU falls back to the slower pure-PyTorch scan, and why)."""
+        from ssmad.ssm import BiMambaMixer, cpu_kernel_status
+
         n = sum(p.numel() for p in self.modules.parameters())
         t = sum(p.numel() for p in self.parameters())
-        return f"{n / 1e6:.2f} M parameters ({t / 1e6:.2f} M trainable)"
+        text = f"{n / 1e6:.2f} M parameters ({t / 1e6:.2f} M trainable)"
+        scans = sorted({m.scan_backend(self.device) for m in self.modules.modules() if isinstance(m, BiMambaMixer)})
+        if scans:
+            text += f"; selective scan {', '.join(scans)}"
+            if self.device.type == "cpu" and "torch" in scans:
+                text += f" (compiled CPU kernel {cpu_kernel_status()})"
+        return text
 
     # -- state --------------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

@@ -25,6 +25,10 @@ def test_train_writes_run_and_report(smoke_run):
     for name in ("config.toml", "checkpoint.pt", "model.pt", "train.log", "history.jsonl"):
         assert (run / name).is_file(), name
     assert "epoch 1/1" in out and "ETA" in out
+    from ssmad.ssm import cpu_kernel_available
+
+    # the log names the scan that runs (auto resolved), so a fallback to the slower one is visible
+    assert f"selective scan {'cpu' if cpu_kernel_available() else 'torch'}" in (run / "train.log").read_text()
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     blob = json.dumps(metrics)
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1max"):
@@ -32,6 +36,20 @@ def test_train_writes_run_and_report(smoke_run):
     assert (run / "report" / "metrics.md").read_text().count("|") > 10
     assert list((run / "report" / "figures").rglob("*.png"))
     assert "distance only" in (run / "report" / "branches" / "metrics.md").read_text()
+
+
+def test_describe_says_why_the_cpu_falls_back_to_the_slower_scan(monkeypatch):
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+    from ssmad.ssm import cpu_kernel as ck
+
+    monkeypatch.setitem(ck._state, "fns", None)
+    monkeypatch.setitem(ck._state, "why", "no C++ compiler found (install g++ or clang++, or set CXX)")
+    method = ALMRR(load_config(APP.app_dir, "smoke", None, []), torch.device("cpu"))
+    assert method.describe().endswith("; selective scan torch (compiled CPU kernel unavailable: no C++ compiler "
+                                      "found (install g++ or clang++, or set CXX))")
 
 
 def test_distance_norm_is_fitted_saved_and_applied(smoke_run):

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 from ssmad.core import ConfigError, UnknownComponentError
 
+from .scan import AutoScan
+
 __all__ = ["BiMambaMixer", "causal_conv1d", "causal_conv1d_available", "resolve_scan"]
 
 Direction = Literal["forward", "backward"]
@@ -174,6 +176,12 @@ class BiMambaMixer(nn.Module):
             y_b = self.branch(xz.flip(-1), "backward").flip(-1)
             y = (y + y_b) / 2
         return self.out_proj(y.transpose(1, 2))
+
+    def scan_backend(self, device: torch.device | str) -> str:
+        """The scan backend that runs on ``device``: ``auto`` resolved to what it picks there."""
+        if isinstance(self.scan, AutoScan):
+            return self.scan.backend_for(torch.empty(0, device=device))
+        return self.scan_name
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "

@@ -74,3 +74,26 @@ def test_ablation_switches_build(tmp_path, run_app):
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", 'method.local_features="both"', "--out",
                            str(tmp_path / "r"))
     assert code == 2 and "method.local_features" in err
+
+
+def test_branch_diagnostic_script(smoke_run, tmp_path, capsys):
+    """scripts/vmpfd_branches.py (the docs/results-mt.md branch figures) runs on a finished run and refuses others."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "vmpfd_branches.py"
+    spec = importlib.util.spec_from_file_location("vmpfd_branches", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run, _ = smoke_run
+    assert script.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(local|global), (.+?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%$", out, re.M)
+    # the smoke run holds out one normal image: enough for the mean, not for a z-score
+    assert [(r[0], r[1].strip()) for r in rows] == [
+        (b, v) for b in ("local", "global") for v in ("as used (quantile normalised)", "position_norm subtract")]
+    assert out.count("position_norm zscore: not computed (position_norm.fit: mode 'zscore' needs at least 2") == 2
+    assert all(0 <= float(x) <= 100 for r in rows for x in r[2:])
+    assert script.main([str(tmp_path)]) == 2
+    assert "model.pt not found" in capsys.readouterr().err

@@ -10,7 +10,6 @@ its maximum with that border band left out, and the maximum after the run's fitt
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,26 +19,20 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", help="an ALMRR run folder (with model.pt)")
-    ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    args = ap.parse_args(argv)
+    from apps.common.diagnostics import open_finished_run, run_parser
+
+    args = run_parser(__doc__, "ALMRR").parse_args(argv)
 
     from apps.almrr.__main__ import APP
     from apps.common.data import open_data
     from ssmad.core import SsmadError
-    from ssmad.core.device import resolve_device
 
-    model = Path(args.run) / "model.pt"
-    if not model.is_file():
-        print(f"error: {model} not found (a finished ALMRR run folder is needed)", file=sys.stderr)
-        return 2
     try:
-        method, ckpt = APP.load_method(model, resolve_device(args.device))
-    except SsmadError as exc:  # a bad --device, a checkpoint of another app or version
+        method, ckpt = open_finished_run(APP, args.run, args.device, "ALMRR")
+    except SsmadError as exc:  # no model.pt, a checkpoint of another app or version, a bad --device
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    model = Path(args.run) / "model.pt"
     norm = method.distance_norm
     if norm is None or not norm.fitted:
         print(f"error: {model} has no fitted distance_norm (apps 0.2 or later, a finished training)", file=sys.stderr)

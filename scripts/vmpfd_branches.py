@@ -12,9 +12,7 @@ docs/results-mt.md reports these for the Magnetic-tile-defect run.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,28 +21,21 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", help="a VMPFD-AD run folder (with model.pt)")
-    ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    args = ap.parse_args(argv)
+    from apps.common.diagnostics import open_finished_run, run_parser
+
+    args = run_parser(__doc__, "VMPFD-AD").parse_args(argv)
 
     from apps.common.data import open_data, split_validation
     from apps.vmpfd.__main__ import APP
     from ssmad.core import SsmadError, build
-    from ssmad.core.device import resolve_device
     from ssmad.scoring import evaluate
 
-    model = Path(args.run) / "model.pt"
-    if not model.is_file():
-        print(f"error: {model} not found (a finished VMPFD-AD run folder is needed)", file=sys.stderr)
-        return 2
     try:
-        method, ckpt = APP.load_method(model, resolve_device(args.device))
+        method, ckpt = open_finished_run(APP, args.run, args.device, "VMPFD-AD")
         config = ckpt["config"]
         data = open_data(config)
         _, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]), int(config["train"]["seed"]))
-    except SsmadError as exc:  # a bad --device, a checkpoint of another app, a dataset that moved
+    except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not val_idx or len(data.test) == 0:

@@ -76,16 +76,11 @@ def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
     assert abs(float(out.extras["distance"].mean())) < 0.2 * float(raw.mean())
 
 
-def test_border_diagnostic_script(smoke_run, tmp_path, capsys):
+def test_border_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     """scripts/almrr_border.py (the docs/results-mt.md border figures) runs on a finished run and refuses others."""
-    import importlib.util
     import re
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "almrr_border.py"
-    spec = importlib.util.spec_from_file_location("almrr_border", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("almrr_border")
     run, _ = smoke_run
     assert script.main([str(run)]) == 0
     out = capsys.readouterr().out

@@ -76,16 +76,11 @@ def test_ablation_switches_build(tmp_path, run_app):
     assert code == 2 and "method.local_features" in err
 
 
-def test_branch_diagnostic_script(smoke_run, tmp_path, capsys):
+def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     """scripts/vmpfd_branches.py (the docs/results-mt.md branch figures) runs on a finished run and refuses others."""
-    import importlib.util
     import re
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "vmpfd_branches.py"
-    spec = importlib.util.spec_from_file_location("vmpfd_branches", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("vmpfd_branches")
     run, _ = smoke_run
     assert script.main([str(run)]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,29 @@
+"""What the diagnostic scripts of finished runs share (scripts/almrr_border.py, scripts/vmpfd_branches.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ssmad.core import CheckpointError
+
+
+def run_parser(doc: str, what: str) -> argparse.ArgumentParser:
+    """``RUN [--band-px 16] [--device cpu]``, described by the first line of the script's ``doc``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("run", help=f"a finished {what} run folder (with model.pt)")
+    ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    return ap
+
+
+def open_finished_run(app, run: str | Path, device: str, what: str) -> tuple[Any, dict[str, Any]]:
+    """(method, checkpoint) of ``RUN/model.pt`` on ``device``; an SsmadError naming the problem otherwise (no
+    model.pt, a checkpoint of another app, a bad device)."""
+    from ssmad.core.device import resolve_device
+
+    model = Path(run) / "model.pt"
+    if not model.is_file():
+        raise CheckpointError(f"{model} not found (a finished {what} run folder is needed)")
+    return app.load_method(model, resolve_device(device))

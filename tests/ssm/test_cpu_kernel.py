@@ -127,3 +127,14 @@ def test_nan_is_not_hidden():
     inputs["A"][1, 3] = float("nan")
     out = selective_scan_cpu(**inputs)
     assert torch.isnan(out[:, 1]).all() and torch.isfinite(out[:, [0, 2, 3]]).all()
+
+
+@needs_kernel
+def test_scratch_allocation_failure_is_a_memory_error_not_an_abort():
+    """The backward's per-thread scratch grows with L·N; when it cannot be allocated the kernel reports it (a C++
+    exception crossing into Python would abort the process) and the caller raises MemoryError."""
+    _, bwd, openmp = ck._load()[torch.float32]
+    small = torch.zeros(16)
+    ptrs = [small.data_ptr()] * 12
+    with pytest.raises(MemoryError, match=r"selective scan 'cpu': out of memory .*L=1099511627776, N=16"):
+        ck._run(bwd, openmp, 1, *ptrs, 1, 1, 2 ** 40, 16)

@@ -37,7 +37,7 @@ __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
 ENV_SWITCH = "SSMAD_CPU_KERNEL"
 ENV_CACHE = "SSMAD_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _COMMON_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 # tried in order: the first set that compiles is used
 _FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native", "-fopenmp-simd"],
@@ -119,10 +119,10 @@ def _bind(lib: ctypes.CDLL) -> dict[torch.dtype, tuple]:
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
         fwd = getattr(lib, f"ssmad_scan_forward_{suffix}")
         fwd.argtypes = [p] * 7 + [i] * 7
-        fwd.restype = None
+        fwd.restype = ctypes.c_int
         bwd = getattr(lib, f"ssmad_scan_backward_{suffix}")
         bwd.argtypes = [p] * 12 + [i] * 7
-        bwd.restype = None
+        bwd.restype = ctypes.c_int
         fns[dtype] = (fwd, bwd, openmp)
     return fns
 
@@ -180,13 +180,16 @@ def _parts(d: int) -> int:
 
 def _run(fn, openmp: bool, parts: int, *args) -> None:
     """``fn(*args, parts, k0, k1)`` over the ranges 0..parts-1: in one call when the kernel threads itself (OpenMP),
-    else one call per range on a thread pool."""
+    else one call per range on a thread pool. ``args`` ends with (B, D, L, N)."""
     if openmp or parts == 1:
-        fn(*args, parts, 0, parts)
-        return
-    futures = [_pool(parts).submit(fn, *args, parts, k, k + 1) for k in range(parts)]
-    for f in futures:
-        f.result()
+        failed = fn(*args, parts, 0, parts)
+    else:
+        futures = [_pool(parts).submit(fn, *args, parts, k, k + 1) for k in range(parts)]
+        failed = sum(f.result() for f in futures)
+    if failed:
+        length, n = args[-2], args[-1]
+        raise MemoryError(f"selective scan 'cpu': out of memory for the kernel's scratch space (L={length}, N={n}: "
+                          f"up to {8 * (2 * length + 1) * n} bytes per thread)")
 
 
 class _CpuScan(torch.autograd.Function):

@@ -157,7 +157,7 @@ void backward(const T* __restrict u, const T* __restrict dl, const T* __restrict
 // caller runs one range per call on threads of its own.
 extern "C" {
 
-int ssmad_scan_abi_version() { return 2; }
+int ssmad_scan_abi_version() { return 3; }
 
 int ssmad_scan_openmp() {
 #ifdef _OPENMP
@@ -167,22 +167,38 @@ int ssmad_scan_openmp() {
 #endif
 }
 
+// Each entry point returns how many of its ranges failed (0: all done); a range fails only when its scratch memory
+// cannot be allocated, and no C++ exception may cross into the caller (it would abort the Python process).
 #define SSMAD_EXPORT(T, suffix)                                                                                   \
-    void ssmad_scan_forward_##suffix(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, T* y,        \
-                                     T* last, int64_t nb, int64_t nd, int64_t L, int64_t N, int64_t parts,       \
-                                     int64_t k0, int64_t k1) {                                                    \
-        _Pragma("omp parallel for num_threads(k1 - k0) schedule(static, 1) if (k1 - k0 > 1)")                    \
-        for (int64_t k = k0; k < k1; ++k)                                                                         \
-            forward<T>(u, dl, A, Bt, Ct, y, last, nb, nd, L, N, nd * k / parts, nd * (k + 1) / parts);            \
+    int ssmad_scan_forward_##suffix(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct, T* y,         \
+                                    T* last, int64_t nb, int64_t nd, int64_t L, int64_t N, int64_t parts,        \
+                                    int64_t k0, int64_t k1) {                                                     \
+        int failed = 0;                                                                                           \
+        _Pragma("omp parallel for num_threads(k1 - k0) schedule(static, 1) if (k1 - k0 > 1) reduction(+ : failed)") \
+        for (int64_t k = k0; k < k1; ++k) {                                                                       \
+            try {                                                                                                 \
+                forward<T>(u, dl, A, Bt, Ct, y, last, nb, nd, L, N, nd * k / parts, nd * (k + 1) / parts);        \
+            } catch (...) {                                                                                       \
+                failed += 1;                                                                                      \
+            }                                                                                                     \
+        }                                                                                                         \
+        return failed;                                                                                            \
     }                                                                                                             \
-    void ssmad_scan_backward_##suffix(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct,             \
-                                      const T* gy, const T* glast, T* gdu, T* gdec, T* gA, T* gB, T* gC,         \
-                                      int64_t nb, int64_t nd, int64_t L, int64_t N, int64_t parts, int64_t k0,   \
-                                      int64_t k1) {                                                               \
-        _Pragma("omp parallel for num_threads(k1 - k0) schedule(static, 1) if (k1 - k0 > 1)")                    \
-        for (int64_t k = k0; k < k1; ++k)                                                                         \
-            backward<T>(u, dl, A, Bt, Ct, gy, glast, gdu, gdec, gA, gB + k * nb * L * N, gC + k * nb * L * N,     \
-                        nb, nd, L, N, nd * k / parts, nd * (k + 1) / parts);                                      \
+    int ssmad_scan_backward_##suffix(const T* u, const T* dl, const T* A, const T* Bt, const T* Ct,              \
+                                     const T* gy, const T* glast, T* gdu, T* gdec, T* gA, T* gB, T* gC,          \
+                                     int64_t nb, int64_t nd, int64_t L, int64_t N, int64_t parts, int64_t k0,    \
+                                     int64_t k1) {                                                                \
+        int failed = 0;                                                                                           \
+        _Pragma("omp parallel for num_threads(k1 - k0) schedule(static, 1) if (k1 - k0 > 1) reduction(+ : failed)") \
+        for (int64_t k = k0; k < k1; ++k) {                                                                       \
+            try {                                                                                                 \
+                backward<T>(u, dl, A, Bt, Ct, gy, glast, gdu, gdec, gA, gB + k * nb * L * N, gC + k * nb * L * N, \
+                            nb, nd, L, N, nd * k / parts, nd * (k + 1) / parts);                                  \
+            } catch (...) {                                                                                       \
+                failed += 1;                                                                                      \
+            }                                                                                                     \
+        }                                                                                                         \
+        return failed;                                                                                            \
     }
 
 SSMAD_EXPORT(float, f32)

@@ -65,6 +65,7 @@ class ALMRR(Method):
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
         self.score = build_role(config, "score")
         self.distance_norm = build_role(config, "distance_norm")
+        self.distance_smooth = build_role(config, "distance_smooth")
         self._warned_unfitted = False
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
@@ -149,6 +150,10 @@ class ALMRR(Method):
         if "distance_norm" in state:  # (absent from the epoch checkpoints of a training that did not finish)
             self.distance_norm.load_state_dict(state["distance_norm"])
 
+    def branch_score(self, maps):
+        """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
+        return self.score(maps)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         feats = self.features(images)
@@ -164,6 +169,8 @@ class ALMRR(Method):
                               stacklevel=2)
         size = images.shape[-2:]
         dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
+        if self.distance_smooth is not None:
+            dist = self.distance_smooth(dist)
         if "refiner" not in self.modules:
             return AnomalyOutput(anomaly_map=dist, score=self.score(dist))
         amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]

@@ -190,7 +190,7 @@ class App:
                 name = f"{name} ({run_dir.name})"
             results[name] = evaluate(labels, scores, masks, maps)
             for branch, bmaps in branches.items():  # e.g. VMPFD-AD's local-only and global-only maps
-                bscores = bmaps.reshape(len(bmaps), -1).max(1)
+                bscores = method.branch_score(bmaps)
                 branch_results[f"{name} [{branch} only]"] = evaluate(labels, bscores, masks, bmaps)
             timing[name] = {"inference_s_per_image": info["per_image_s"], "batch_size": bs, "device": str(device)}
             fig_dir = out / "figures" / name.replace(" ", "_").replace("/", "_")

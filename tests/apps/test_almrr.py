@@ -218,4 +218,25 @@ def test_unfinished_checkpoint_reports_the_raw_distance(smoke_run):
         out = method.predict(images)
         raw = method.raw_distance(images)
     expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out.extras["distance"], expected)
+    assert method.distance_smooth is not None                     # the default pipeline smooths the distance map
+    torch.testing.assert_close(out.extras["distance"], method.distance_smooth(expected))
+
+
+def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_method():
+    """distance_smooth (Gaussian, input pixels) can be switched off from the component list; the distance map
+    reported alone scores by the pipeline's box-filter max, as with the refiner disabled."""
+    import numpy as np
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+
+    on = ALMRR(load_config(APP.app_dir, "smoke", None, []), torch.device("cpu"))
+    off = ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance_smooth.enabled=false"]),
+                torch.device("cpu"))
+    assert on.distance_smooth.sigma == 4.0 and off.distance_smooth is None
+    maps = np.zeros((2, 64, 64), np.float32)
+    maps[0, 10, 10] = 1.0                                          # one hot pixel: the 9×9 box mean is 1/81
+    maps[1, 30:40, 30:40] = 0.5                                    # a blob: the box mean keeps 0.5
+    np.testing.assert_allclose(on.branch_score(maps), [1 / 81, 0.5], rtol=1e-5)
+    np.testing.assert_allclose(on.branch_score(maps), on.score(maps))

@@ -112,7 +112,7 @@ class App:
     def cmd_train(self, args) -> int:
         from ssmad.core.device import resolve_device
 
-        from .engine import train
+        from .engine import seed_everything, train
 
         device = resolve_device(args.device)
         if args.resume:
@@ -130,6 +130,7 @@ class App:
         from .data import open_data
 
         data = open_data(config)  # a wrong path or layout fails here, before any model is built
+        seed_everything(int(config["train"]["seed"]))    # the initial weights too: a run repeats with its seed
         method = self.method_cls(config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config)

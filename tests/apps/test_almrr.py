@@ -240,3 +240,17 @@ def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_meth
     maps[1, 30:40, 30:40] = 0.5                                    # a blob: the box mean keeps 0.5
     np.testing.assert_allclose(on.branch_score(maps), [1 / 81, 0.5], rtol=1e-5)
     np.testing.assert_allclose(on.branch_score(maps), on.score(maps))
+
+
+def test_same_seed_same_training(tmp_path, run_app):
+    """--seed fixes the whole run, the initial weights included (they were drawn before the seed was set)."""
+    def history(name: str, seed: str) -> list[dict]:
+        code, _, err = run_app(APP, "train", "--preset", "smoke", "--seed", seed, "--no-test", "--out",
+                               str(tmp_path / name), "--device", "cpu")
+        assert code == 0, err
+        rows = [json.loads(line) for line in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    first = history("a", "3")
+    assert history("b", "3") == first
+    assert history("c", "4") != first

@@ -58,7 +58,7 @@ class Method(ABC):
         """Anomaly maps B×1×H×W at input resolution and scores B (called under ``torch.no_grad``)."""
 
     def branch_score(self, maps: np.ndarray) -> np.ndarray:
-        """Image scores of a branch map reported alone (N×1×H×W): its maximum. Methods whose own score is not the
+        """Image scores of a branch map reported alone (N×H×W numpy): its maximum. Methods whose own score is not the
         plain maximum override this, so that a branch scores as the method would score it."""
         return maps.reshape(len(maps), -1).max(1)
 

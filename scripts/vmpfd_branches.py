@@ -7,7 +7,10 @@ images, and prints for each map image AUROC, pixel AUROC, pixel AP and AUPRO: as
 normalisation is monotone, so the figures are those of the raw map), and after a per-position normalisation
 fitted on the validation maps (``position_norm``: the mean subtracted, or a z-score) — the correction that ALMRR's
 distance map needs — plus the share of test images whose maximum lies within ``--band-px`` of the image border.
-docs/results-mt.md reports these for the Magnetic-tile-defect run.
+For reference it also scores the local branch's own input features, the frozen PDN features pooled to the
+method's grid, with a per-position Gaussian (PaDiM-style: 100 seeded random channels, covariance + 0.01·I, fitted
+on the run's training images; Mahalanobis distance, upsampled bilinearly): what a density model that knows each
+position gets from the same features. docs/results-mt.md reports these for the Magnetic-tile-defect run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
@@ -34,13 +38,34 @@ def main(argv: list[str] | None = None) -> int:
         method, ckpt = open_finished_run(APP, args.run, args.device, "VMPFD-AD")
         config = ckpt["config"]
         data = open_data(config)
-        _, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]), int(config["train"]["seed"]))
+        train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
+                                              int(config["train"]["seed"]))
     except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not val_idx or len(data.test) == 0:
         print(f"error: {args.run}: needs held-out normal images and a test split", file=sys.stderr)
         return 2
+
+    def pdn_gaussian(fit_samples, samples, channels: int = 100) -> torch.Tensor:
+        def pooled(ss) -> torch.Tensor:                                  # N×channels×grid×grid, float64
+            with torch.no_grad():
+                parts = [method.pdn_features(torch.stack([s.image for s in ss[i:i + 16]]).to(method.device)).cpu()
+                         for i in range(0, len(ss), 16)]
+            return torch.cat(parts)[:, keep].double()
+
+        keep = torch.randperm(method.modules["pdn"].channels[0], generator=torch.Generator().manual_seed(0))
+        keep = keep[:channels]
+        fit, x = pooled(fit_samples), pooled(samples)
+        n, c, g = fit.shape[0], fit.shape[1], fit.shape[-1]
+        fit = fit.permute(2, 3, 0, 1).reshape(g * g, n, c)                 # positions × images × channels
+        x = x.permute(2, 3, 0, 1).reshape(g * g, len(samples), c)
+        mean = fit.mean(1, keepdim=True)
+        cov = (fit - mean).transpose(1, 2) @ (fit - mean) / max(1, n - 1) + 0.01 * torch.eye(c, dtype=torch.float64)
+        d = x - mean
+        dist = torch.einsum("pnc,pcd,pnd->pn", d, torch.linalg.inv(cov), d).clamp_min(0).sqrt()
+        size = tuple(samples[0].image.shape[-2:])
+        return F.interpolate(dist.T.reshape(-1, 1, g, g).float(), size=size, mode="bilinear", align_corners=False)
 
     def maps(samples) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {"local": [], "global": []}
@@ -59,21 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     band = max(1, round(args.band_px * size / int(config["data"]["image_size"])))
     print(f"{args.run}: {len(val_idx)} validation and {len(test)} test images; border band {args.band_px} px")
     print(f"{'map':40s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  max on border")
+
+    def row(name: str, m: torch.Tensor) -> None:
+        res = evaluate(labels, m.flatten(1).amax(1), masks, m, metrics=METRICS)
+        r, c = np.divmod(m[:, 0].flatten(1).argmax(1).numpy(), size)
+        near = np.minimum(np.minimum(r, c), np.minimum(size - 1 - r, size - 1 - c)) < band
+        print(f"{name:40s} " + " ".join(f"{100 * res[k]:11.1f}" for k in METRICS) + f"  {100 * near.mean():12.1f}%")
+
     for branch in ("local", "global"):
-        variants = {"as used (quantile normalised)": test_maps[branch]}
+        row(f"{branch}, as used (quantile normalised)", test_maps[branch])
         for mode in ("subtract", "zscore"):
             try:
                 norm = build("postprocess", "position_norm", mode=mode).fit(val_maps[branch])
             except SsmadError as exc:  # a z-score needs two validation images
                 print(f"{branch}, position_norm {mode}: not computed ({exc})")
                 continue
-            variants[f"position_norm {mode}"] = norm(test_maps[branch])
-        for name, m in variants.items():
-            res = evaluate(labels, m.flatten(1).amax(1), masks, m, metrics=METRICS)
-            r, c = np.divmod(m[:, 0].flatten(1).argmax(1).numpy(), size)
-            near = np.minimum(np.minimum(r, c), np.minimum(size - 1 - r, size - 1 - c)) < band
-            print(f"{branch + ', ' + name:40s} " + " ".join(f"{100 * res[k]:11.1f}" for k in METRICS)
-                  + f"  {100 * near.mean():12.1f}%")
+            row(f"{branch}, position_norm {mode}", norm(test_maps[branch]))
+    row("(reference) PDN features, Gaussian", pdn_gaussian([data.train[i] for i in train_idx], test))
     return 0
 
 

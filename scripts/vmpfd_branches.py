@@ -7,10 +7,11 @@ images, and prints for each map image AUROC, pixel AUROC, pixel AP and AUPRO: as
 normalisation is monotone, so the figures are those of the raw map), and after a per-position normalisation
 fitted on the validation maps (``position_norm``: the mean subtracted, or a z-score) — the correction that ALMRR's
 distance map needs — plus the share of test images whose maximum lies within ``--band-px`` of the image border.
-For reference it also scores the local branch's own input features, the frozen PDN features pooled to the
-method's grid, with a per-position Gaussian (PaDiM-style: 100 seeded random channels, covariance + 0.01·I, fitted
-on the run's training images; Mahalanobis distance, upsampled bilinearly): what a density model that knows each
-position gets from the same features. docs/results-mt.md reports these for the Magnetic-tile-defect run.
+For reference it also scores the local branch's own input, the frozen PDN features pooled to the method's grid,
+with three simple models in place of the mixture density network, fitted on the run's training images (100
+seeded random channels): a Gaussian per position (PaDiM-style, covariance + 0.01·I, Mahalanobis distance), one
+Gaussian for all positions, and the distance to the nearest training feature at any position. docs/results-mt.md
+reports these for the Magnetic-tile-defect runs.
 """
 
 from __future__ import annotations
@@ -47,25 +48,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run}: needs held-out normal images and a test split", file=sys.stderr)
         return 2
 
-    def pdn_gaussian(fit_samples, samples, channels: int = 100) -> torch.Tensor:
+    def pdn_references(fit_samples, samples, channels: int = 100) -> dict[str, torch.Tensor]:
+        """Maps (N×1×H×W) of three simple density models of the pooled PDN features in place of the network."""
         def pooled(ss) -> torch.Tensor:                                  # N×channels×grid×grid, float64
             with torch.no_grad():
                 parts = [method.pdn_features(torch.stack([s.image for s in ss[i:i + 16]]).to(method.device)).cpu()
                          for i in range(0, len(ss), 16)]
             return torch.cat(parts)[:, keep].double()
 
+        def mahalanobis(fit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:   # (P×)n×c, (P×)m×c → (P×)m
+            mean = fit.mean(-2, keepdim=True)
+            eye = 0.01 * torch.eye(fit.shape[-1], dtype=torch.float64)
+            cov = (fit - mean).transpose(-1, -2) @ (fit - mean) / max(1, fit.shape[-2] - 1) + eye
+            d = x - mean
+            return ((d @ torch.linalg.inv(cov)) * d).sum(-1).clamp_min(0).sqrt()
+
         keep = torch.randperm(method.modules["pdn"].channels[0], generator=torch.Generator().manual_seed(0))
         keep = keep[:channels]
         fit, x = pooled(fit_samples), pooled(samples)
         n, c, g = fit.shape[0], fit.shape[1], fit.shape[-1]
-        fit = fit.permute(2, 3, 0, 1).reshape(g * g, n, c)                 # positions × images × channels
-        x = x.permute(2, 3, 0, 1).reshape(g * g, len(samples), c)
-        mean = fit.mean(1, keepdim=True)
-        cov = (fit - mean).transpose(1, 2) @ (fit - mean) / max(1, n - 1) + 0.01 * torch.eye(c, dtype=torch.float64)
-        d = x - mean
-        dist = torch.einsum("pnc,pcd,pnd->pn", d, torch.linalg.inv(cov), d).clamp_min(0).sqrt()
+        by_pos = fit.permute(2, 3, 0, 1).reshape(g * g, n, c), x.permute(2, 3, 0, 1).reshape(g * g, len(x), c)
+        flat = fit.permute(0, 2, 3, 1).reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)
+        dists = {"per-position Gaussian": mahalanobis(*by_pos).T,
+                 "one Gaussian for all positions": mahalanobis(*flat).reshape(len(x), g * g),
+                 "nearest training feature": torch.cdist(flat[1].float(), flat[0].float()).min(1).values
+                 .reshape(len(x), g * g)}
         size = tuple(samples[0].image.shape[-2:])
-        return F.interpolate(dist.T.reshape(-1, 1, g, g).float(), size=size, mode="bilinear", align_corners=False)
+        return {k: F.interpolate(v.reshape(-1, 1, g, g).float(), size=size, mode="bilinear", align_corners=False)
+                for k, v in dists.items()}
 
     def maps(samples) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {"local": [], "global": []}
@@ -83,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     size = test_maps["local"].shape[-1]
     band = max(1, round(args.band_px * size / int(config["data"]["image_size"])))
     print(f"{args.run}: {len(val_idx)} validation and {len(test)} test images; border band {args.band_px} px")
-    print(f"{'map':40s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  max on border")
+    print(f"{'map':46s} " + " ".join(f"{m:>11s}" for m in METRICS) + "  max on border")
 
     def row(name: str, m: torch.Tensor) -> None:
         res = evaluate(labels, m.flatten(1).amax(1), masks, m, metrics=METRICS)
         r, c = np.divmod(m[:, 0].flatten(1).argmax(1).numpy(), size)
         near = np.minimum(np.minimum(r, c), np.minimum(size - 1 - r, size - 1 - c)) < band
-        print(f"{name:40s} " + " ".join(f"{100 * res[k]:11.1f}" for k in METRICS) + f"  {100 * near.mean():12.1f}%")
+        print(f"{name:46s} " + " ".join(f"{100 * res[k]:11.1f}" for k in METRICS) + f"  {100 * near.mean():12.1f}%")
 
     for branch in ("local", "global"):
         row(f"{branch}, as used (quantile normalised)", test_maps[branch])
@@ -100,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{branch}, position_norm {mode}: not computed ({exc})")
                 continue
             row(f"{branch}, position_norm {mode}", norm(test_maps[branch]))
-    row("(reference) PDN features, Gaussian", pdn_gaussian([data.train[i] for i in train_idx], test))
+    for name, m in pdn_references([data.train[i] for i in train_idx], test).items():
+        row(f"PDN features, {name}", m)
     return 0
 
 

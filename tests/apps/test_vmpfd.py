@@ -89,7 +89,8 @@ def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     assert [(r[0], r[1].strip()) for r in rows] == [
         (b, v) for b in ("local", "global") for v in ("as used (quantile normalised)", "position_norm subtract")]
     assert out.count("position_norm zscore: not computed (position_norm.fit: mode 'zscore' needs at least 2") == 2
-    assert re.search(r"^\(reference\) PDN features, Gaussian(\s+[\d.]+){4}\s+[\d.]+%$", out, re.M), out
+    for name in ("per-position Gaussian", "one Gaussian for all positions", "nearest training feature"):
+        assert re.search(rf"^PDN features, {name}(\s+[\d.]+){{4}}\s+[\d.]+%$", out, re.M), out
     assert all(0 <= float(x) <= 100 for r in rows for x in r[2:])
     assert script.main([str(tmp_path)]) == 2
     assert "model.pt not found" in capsys.readouterr().err

@@ -100,7 +100,8 @@ def _build(compiler: str) -> Path:
             if proc.returncode == 0:
                 os.replace(tmp, lib)                # atomic: a concurrent build of the same key is harmless
                 return lib
-            errors.append(f"{' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            errors.append(f"{' '.join(flags)}: {last}")
         except (OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{' '.join(flags)}: {exc}")
         finally:

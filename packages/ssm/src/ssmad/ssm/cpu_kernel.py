@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .scan import _check, _compute_dtype, _prepare_delta, _silu_gate_backward, _softplus_grad_
+from .scan import _check, _compute_dtype, _grad_like, _prepare_delta, _silu_gate_backward, _softplus_grad_
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
 
@@ -248,9 +248,7 @@ class _CpuScan(torch.autograd.Function):
             _softplus_grad_(g_dl, dl)
         g_bias = g_dl.sum((0, 2)) if delta_bias is not None else None
 
-        def back(g, ref):
-            return None if g is None or ref is None else g.to(ref.dtype)
-
+        back = _grad_like
         return (back(gu, u), back(g_dl, delta), back(g_a, A), back(g_b.sum(0).transpose(1, 2), B),
                 back(g_c.sum(0).transpose(1, 2), C), back(gD, D), back(gz, z), back(g_bias, delta_bias), None, None)
 

@@ -87,6 +87,11 @@ def _silu_gate_backward(gy: Tensor, pre_gate: Tensor, z: Tensor) -> tuple[Tensor
     return gy * (z * sz), gz
 
 
+def _grad_like(g: Tensor | None, ref: Tensor | None) -> Tensor | None:
+    """A backward's gradient for input ``ref`` in ``ref``'s dtype (None where there is no input or no gradient)."""
+    return None if g is None or ref is None else g.to(ref.dtype)
+
+
 def _softplus_grad_(g: Tensor, delta: Tensor) -> Tensor:
     """g ← g·∂Δ/∂δ in place for Δ = softplus(δ): σ(δ) = 1 - exp(-Δ), computed from Δ itself."""
     return g.mul_(torch.expm1(-delta).neg_())
@@ -316,9 +321,7 @@ class _BlockedScan(torch.autograd.Function):
             _softplus_grad_(g_dl, blk.dl)
         g_bias = g_dl.sum((0, 1)) if delta_bias is not None else None
 
-        def back(g, ref):
-            return None if g is None or ref is None else g.to(ref.dtype)
-
+        back = _grad_like
         return (back(_channel_major(gu), u), back(_channel_major(g_dl), delta), back(gA, A),
                 back(_channel_major(gB), B), back(_channel_major(gC), C), back(gD, D), back(gz, z),
                 back(g_bias, delta_bias), None, None, None)

@@ -130,6 +130,8 @@ def _bind(lib: ctypes.CDLL) -> dict[torch.dtype, tuple]:
 
 def _load() -> dict[torch.dtype, tuple] | None:
     """The kernel's functions by dtype, or None (the reason in ``_state['why']``); built once per process."""
+    if "fns" in _state:        # every scan call asks: no lock once it is settled (set once, under the lock)
+        return _state["fns"]  # type: ignore[return-value]
     with _lock:
         if "fns" in _state:
             return _state["fns"]  # type: ignore[return-value]

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_finished_run, run_parser
+    from apps.common.diagnostics import image_batches, open_finished_run, run_parser
 
     args = run_parser(__doc__, "ALMRR").parse_args(argv)
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     labels, near, raw, inner, normed = [], [], [], [], []
     band = 1
     with torch.no_grad():
-        for start in range(0, len(test), 8):
-            samples = [test[i] for i in range(start, min(start + 8, len(test)))]
-            images = torch.stack([s.image for s in samples]).to(method.device)
+        for samples, images in image_batches(test, 8, method.device):
             dist = method.raw_distance(images)
             dist_n = norm(dist)
             grid = dist.shape[-1]

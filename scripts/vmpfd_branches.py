@@ -26,7 +26,7 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_finished_run, run_parser
+    from apps.common.diagnostics import image_batches, open_finished_run, run_parser
 
     args = run_parser(__doc__, "VMPFD-AD").parse_args(argv)
 
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         """Maps (N×1×H×W) of three simple density models of the pooled PDN features in place of the network."""
         def pooled(ss) -> torch.Tensor:                                  # N×channels×grid×grid, float64
             with torch.no_grad():
-                parts = [method.pdn_features(torch.stack([s.image for s in ss[i:i + 16]]).to(method.device)).cpu()
-                         for i in range(0, len(ss), 16)]
+                parts = [method.pdn_features(images).cpu() for _, images in image_batches(ss, 16, method.device)]
             return torch.cat(parts)[:, keep].double()
 
         def mahalanobis(fit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:   # (P×)n×c, (P×)m×c → (P×)m
@@ -80,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     def maps(samples) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {"local": [], "global": []}
         with torch.no_grad():
-            for i in range(0, len(samples), 16):
-                lam, gam = method.raw_maps(torch.stack([s.image for s in samples[i:i + 16]]).to(method.device))
+            for _, images in image_batches(samples, 16, method.device):
+                lam, gam = method.raw_maps(images)
                 out["local"].append(lam.cpu())
                 out["global"].append(gam.cpu())
         return {k: torch.cat(v) for k, v in out.items()}

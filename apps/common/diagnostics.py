@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ssmad.core import CheckpointError
 
@@ -27,3 +30,11 @@ def open_finished_run(app, run: str | Path, device: str, what: str) -> tuple[Any
     if not model.is_file():
         raise CheckpointError(f"{model} not found (a finished {what} run folder is needed)")
     return app.load_method(model, resolve_device(device))
+
+
+def image_batches(samples: Sequence, size: int, device) -> Iterator[tuple[list, torch.Tensor]]:
+    """``(chunk, images)`` over ``samples`` (a list or a dataset, read a chunk at a time): the chunk's samples and
+    their images stacked on ``device``."""
+    for start in range(0, len(samples), size):
+        chunk = [samples[i] for i in range(start, min(start + size, len(samples)))]
+        yield chunk, torch.stack([s.image for s in chunk]).to(device)

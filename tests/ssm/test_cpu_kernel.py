@@ -66,9 +66,37 @@ def test_built_once_then_loaded_from_the_cache(tmp_path):
     assert first["status"].startswith("available") and (first["auto"], first["cpu"]) == ("cpu", "ran")
     libs = list((tmp_path / "cache").glob("selective_scan_cpu-*.so"))
     assert len(libs) == 1
-    stamp = libs[0].stat().st_mtime_ns
+    inode = libs[0].stat().st_ino
     assert probe(tmp_path) == first
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("*.so")] == [stamp]
+    assert [p.stat().st_ino for p in (tmp_path / "cache").glob("*.so")] == [inode]  # loaded, not built again
+
+
+@needs_kernel
+def test_a_flag_set_that_failed_is_not_retried_and_stale_builds_are_pruned(tmp_path):
+    """A compiler without OpenMP: the first process notes the failed -fopenmp set once a later set builds; the next
+    process goes straight to the working build. A fresh build removes cache files unused for 30 days."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "no-openmp-c++"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase " $* " in *" -fopenmp "*) '
+                    f'echo "fatal error: omp.h: not here" >&2; exit 1;; esac\nexec {ck._compiler()} "$@"\n')
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, fresh = cache / "selective_scan_cpu-0000old.so", cache / "selective_scan_cpu-0000new.failed"
+    stale.write_text("")
+    fresh.write_text("")
+    month_ago = stale.stat().st_mtime - 31 * 86400
+    os.utime(stale, (month_ago, month_ago))
+
+    first = probe(tmp_path, CXX=str(fake))
+    assert first["status"].startswith("available") and first["cpu"] == "ran"
+    assert first["status"] == "available (Python threads)"
+    assert len(list(cache.glob("*.failed"))) == 2  # the -fopenmp set's note, and the recent unrelated one
+    assert not stale.exists() and fresh.exists()
+    assert probe(tmp_path, CXX=str(fake)) == first
+    compiles = [line for line in log.read_text().splitlines() if "--version" not in line]
+    assert sum(" -fopenmp " in f" {line} " for line in compiles) == 1  # tried by the first process only
+    assert len(compiles) == 2                                            # -fopenmp failed, -fopenmp-simd built
 
 
 def _inputs(d: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from .encoder import DropPath, RMSNorm, ViMBlock, ViMEncoder, map_to_tokens, tok
 from .mixer import BiMambaMixer, causal_conv1d, causal_conv1d_available, resolve_scan
 from .scan import AutoScan, mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 __all__ = [
     "AutoScan", "BiMambaMixer", "DropPath", "RMSNorm", "ViMBlock", "ViMEncoder", "causal_conv1d",

@@ -7,7 +7,9 @@ function. Work is split over channel ranges run on ``torch.get_num_threads()`` t
 kernel where the compiler has it (PyTorch's own OpenMP runtime, already loaded, whose threads are warm), else by a
 small Python thread pool (ctypes releases the GIL during the call). The library is cached in
 ``$SSMAD_KERNEL_CACHE`` (default ``~/.cache/ssmad/kernels``) under a name derived from the source, the compiler,
-the flags and the CPU, so an edited source or another CPU builds it again.
+the flags and the CPU, so an edited source or another CPU builds it again; a flag set that failed where a later
+one built is noted there and not tried again, and builds unused for 30 days are removed. Delete the folder to
+retry everything.
 
 ``SSMAD_CPU_KERNEL=0`` turns the kernel off: ``auto`` then uses the pure-PyTorch ``torch`` backend on the CPU, as
 it does when no compiler is found or the build fails (:func:`cpu_kernel_status` says why).
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +45,7 @@ _COMMON_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 # tried in order: the first set that compiles is used
 _FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native", "-fopenmp-simd"],
               ["-O3", "-fopenmp-simd"], ["-O2"]]
+_PRUNE_DAYS = 30
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -74,20 +78,29 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
-    """Compile the kernel (or find it already compiled); returns the library's path, raises with the reason."""
+    """Compile the kernel (or find it already compiled); returns the library's path, raises with the reason.
+
+    Flag sets are tried in order. When a set fails but a later one builds, the failure is remembered in the cache
+    (``*.failed``, keyed like the library), so later processes skip straight to the set that works; when every set
+    fails nothing is remembered and the next process tries again. A fresh build also removes cached builds and
+    failure notes not used for :data:`_PRUNE_DAYS` days (loading a library marks it used).
+    """
     source = SOURCE.read_bytes()
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"C++ compiler {compiler!r} does not run: {exc}") from None
     folder = _cache_dir()
-    errors = []
+    errors, failed = [], []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_signature().encode(), platform.machine().encode()])).hexdigest()[:20]
         lib = folder / f"selective_scan_cpu-{key}.so"
         if lib.is_file():
+            _touch(lib)
             return lib
+        if lib.with_suffix(".failed").is_file():
+            continue
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -99,15 +112,45 @@ def _build(compiler: str) -> Path:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
                 os.replace(tmp, lib)                # atomic: a concurrent build of the same key is harmless
+                for note, text in failed:           # this set works: the ones before it need not be tried again
+                    _write_quietly(note, text)
+                _prune(folder)
                 return lib
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             errors.append(f"{' '.join(flags)}: {last}")
-        except (OSError, subprocess.SubprocessError) as exc:
+            failed.append((lib.with_suffix(".failed"), f"{' '.join(cmd)}\n{proc.stderr}"))
+        except (OSError, subprocess.SubprocessError) as exc:  # a timeout or a vanished compiler: not remembered
             errors.append(f"{' '.join(flags)}: {exc}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     raise RuntimeError(f"compiling {SOURCE.name} with {compiler!r} failed: " + "; ".join(errors))
+
+
+def _touch(path: Path) -> None:
+    """Mark a cached file as used (its modification time), where the cache is writable."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _write_quietly(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError:
+        pass
+
+
+def _prune(folder: Path) -> None:
+    """Remove cached builds and failure notes unused for :data:`_PRUNE_DAYS` days (older sources, compilers)."""
+    cutoff = time.time() - _PRUNE_DAYS * 86400
+    for path in folder.glob("selective_scan_cpu-*"):
+        try:
+            if path.suffix in (".so", ".failed") and path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _bind(lib: ctypes.CDLL) -> dict[torch.dtype, tuple]:

@@ -1,17 +1,26 @@
 """VMPFD-AD: patch-feature distribution (PDN + mixture density) ⊕ Vision-Mamba autoencoder, quantile fusion.
 
 - Local branch (PFDMM): frozen PDN features, pooled to the shared grid (256/32 = 8×8) → learnable 1×1 conv
-  adapter G_θ, concatenated with the ViM autoencoder's encoder map F_φ on the same grid → T → mixture density
-  head (π softmax, μ linear, σ softplus + floor) → per-position negative log-likelihood → upsampled: LAM.
+  adapter G_θ, fused with the ViM autoencoder's encoder map F_φ on the same grid (``method.local_features``:
+  ``"sum"`` adds them, the adapter then has the encoder's width; ``"concat"`` stacks them; ``"pdn"`` leaves the
+  encoder out) → T → mixture density head (π softmax, μ linear, σ softplus + floor) → per-position negative
+  log-likelihood → upsampled: LAM.
 - Global branch (VMARN): ViM autoencoder reconstructs the image; GAM = pixel-wise squared error (Gaussian
   smoothed by the ``smooth_global`` role).
-- Loss: NLL + λ₁·MSE + (1 − SSIM), λ₁ = 5. After training, LAM and GAM are normalised with the 0.9/0.995
-  quantiles of normal validation images and fused; image score = max of the fused map.
+- Loss: NLL − λ_vol·log-volume(G_θ)/C_T + λ₁·MSE + (1 − SSIM), λ₁ = 5 (the log-volume term is ours, see
+  below). After training, LAM and GAM are normalised with the 0.9/0.995 quantiles of normal validation images and
+  fused; image score = max of the fused map.
 
-Anti-collapse: T passes through a batch norm without affine parameters (unit variance per channel, so the
-adapter cannot shrink T to a constant that every input would match), the encoder map enters T detached (it is
-trained by reconstruction only, not pulled towards the density), and the density head has a bottleneck and
-a σ floor (``ssmad.heads`` mdn). Together the NLL cannot be driven down by making all inputs look alike.
+Anti-collapse. The adapter is trained by the NLL alone, and the NLL of T falls whenever G_θ makes T easier to
+predict: the cheapest way is to make it *low-rank* (every channel a mix of a few directions, which the density's
+bottleneck then copies exactly, anomalies included). The batch norm without affine parameters after G_θ only fixes
+each channel's variance, which does not stop that: on the Magnetic-tile split a PDN-only adapter trained this way
+drove the NLL to within 0.05 of its floor and the local map fell to chance. So the loss carries the adapter's
+log-volume (:class:`Adapter`): the NLL of T becomes, by the change of variables, the NLL of the PDN features seen
+through G_θ, and a map that squeezes directions together is charged exactly what it gains (``method.
+lambda_volume``, 1 by default; 0 gives the plain NLL). Beside it, the encoder map enters T detached (trained by
+reconstruction only, not pulled towards the density), and the density head has a bottleneck and a σ floor
+(``ssmad.heads`` mdn).
 """
 
 from __future__ import annotations
@@ -30,6 +39,30 @@ from ..common.config import build_role, component, section_value
 from ..common.method import Method
 
 
+class Adapter(nn.Sequential):
+    """G_θ: a 1×1 convolution followed by a per-channel standardisation (batch norm without affine parameters).
+
+    :meth:`log_volume` is ``½·log det(W Wᵀ)`` of the effective linear map ``W = diag(1/s)·G`` (``G`` the
+    convolution's ``out×in`` weight, ``s`` the batch's per-channel standard deviation that the batch norm divides
+    by in training): the log of the volume factor by which the adapter maps its input's row space onto T. It falls
+    to −∞ as G's rows become linearly dependent, the low-rank collapse that the NLL alone rewards.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        if out_channels > in_channels:
+            raise ConfigError(f"method.adapter_dim: the adapter maps {in_channels} PDN channels to "
+                              f"{out_channels}; it must not widen them (its log-volume needs out <= in)")
+        super().__init__(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels, affine=False))
+
+    def forward_with_volume(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(T, log-volume)`` for a training batch (the standard deviation is the batch's, as the norm's)."""
+        conv, norm = self[0], self[1]
+        y = conv(x)
+        std = (y.transpose(0, 1).flatten(1).var(1, unbiased=False) + norm.eps).sqrt()
+        w = (conv.weight.flatten(1) / std[:, None]).double()
+        return norm(y), 0.5 * torch.linalg.slogdet(w @ w.T).logabsdet.to(y.dtype)
+
+
 class VMPFD(Method):
     app = "vmpfd"
     alternatives = {"autoencoder": ["vim_ae", "cnn_ae"], "pdn": ["pdn_small", "pdn_medium"]}
@@ -42,7 +75,13 @@ class VMPFD(Method):
         self.grid = section_value(config, "method", "grid", int, lambda v: v >= 1, "an integer >= 1")
         adapter_dim = section_value(config, "method", "adapter_dim", int, lambda v: v >= 1, "an integer >= 1")
         self.local_features = section_value(config, "method", "local_features", str,
-                                            lambda v: v in ("fused", "pdn"), '"fused" or "pdn"')
+                                            lambda v: v in ("sum", "concat", "pdn", "fused"),
+                                            '"sum", "concat" or "pdn"')
+        if self.local_features == "fused":  # runs from ssmad-apps <= 0.2.2, where "fused" meant concatenation
+            self.local_features = "concat"
+        # runs stored before the log-volume term existed trained without it
+        self.lambda_volume = (section_value(config, "method", "lambda_volume", (int, float), lambda v: v >= 0,
+                                            "a number >= 0") if "lambda_volume" in m else 0.0)
         self.pdn_size = int(m.get("pdn_input_size", 0)) or self.image_size  # the PDN may see a smaller image
         self.pdn_cache: dict[str, torch.Tensor] = {}  # pooled PDN features of the training images (frozen PDN)
         self.lambda_mse = float(m.get("lambda_mse", 5.0))
@@ -61,12 +100,17 @@ class VMPFD(Method):
             raise ConfigError(f"method.grid = {self.grid} but the autoencoder's encoder map is "
                               f"{latent.shape[-2]}×{latent.shape[-1]}: set method.grid or the autoencoder's patch "
                               f"(image_size / patch)")
-        self.modules["adapter"] = nn.Sequential(nn.Conv2d(int(sum(pdn.channels)), adapter_dim, 1),
-                                                nn.BatchNorm2d(adapter_dim, affine=False))
+        if self.local_features == "sum":
+            adapter_dim = latent.shape[1]  # the adapter's output is added to the encoder map
+            if adapter_dim > sum(pdn.channels):
+                raise ConfigError(f"method.local_features = \"sum\" adds the adapted PDN features to the encoder "
+                                  f"map, but the encoder is wider ({adapter_dim}) than the PDN ({sum(pdn.channels)}):"
+                                  f" lower pipeline.autoencoder.d_model or use \"concat\"")
+        self.modules["adapter"] = Adapter(int(sum(pdn.channels)), adapter_dim)
         t_dim = adapter_dim
-        if self.local_features == "fused":
+        if self.local_features != "pdn":
             self.modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
-            t_dim += latent.shape[1]
+            t_dim += latent.shape[1] if self.local_features == "concat" else 0
         self.modules["density"] = build_role(config, "density", in_channels=t_dim)
         self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
         self.norm_local = build_role(config, "norm_local")
@@ -145,30 +189,37 @@ class VMPFD(Method):
             item["pdn"] = self.pdn_cache[sample.path]
         return item
 
-    def local_input(self, images: torch.Tensor, latent: torch.Tensor, pdn: torch.Tensor | None = None):
-        t = self.modules["adapter"](self.pdn_features(images) if pdn is None else pdn)
-        if self.local_features == "fused":
-            t = torch.cat([t, self.modules["latent_norm"](latent.detach())], 1)
-        return t
+    def local_input(self, images: torch.Tensor, latent: torch.Tensor,
+                    pdn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(T, the adapter's log-volume)``; the log-volume only in training (it needs the batch's statistics)."""
+        feats = self.pdn_features(images) if pdn is None else pdn
+        adapter = self.modules["adapter"]
+        t, log_volume = adapter.forward_with_volume(feats) if adapter.training else (adapter(feats), None)
+        if self.local_features != "pdn":
+            z = self.modules["latent_norm"](latent.detach())
+            t = t + z if self.local_features == "sum" else torch.cat([t, z], 1)
+        return t, log_volume
 
     def forward_maps(self, images: torch.Tensor, pdn: torch.Tensor | None = None):
         recon, latent = self.modules["autoencoder"](images)
-        nll = self.modules["density"].nll(self.local_input(images, latent, pdn))  # B×g×g
-        return recon, nll
+        t, log_volume = self.local_input(images, latent, pdn)
+        return recon, self.modules["density"].nll(t), log_volume / t.shape[1] if log_volume is not None else None
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         target = images * 2 - 1
-        recon, nll = self.forward_maps(images, batch.get("pdn"))
+        recon, nll, log_volume = self.forward_maps(images, batch.get("pdn"))  # NLL and log-volume per dimension
         l_nll = nll.mean()
         l_mse = F.mse_loss(recon, target)
         l_ssim = 1 - ssim(recon, target, data_range=2.0)
         loss = l_nll + self.lambda_mse * l_mse + self.lambda_ssim * l_ssim
-        return {"loss": loss, "nll": l_nll, "mse": l_mse, "ssim": l_ssim}
+        if self.lambda_volume:  # (0 · a collapsed adapter's −∞ would be NaN)
+            loss = loss - self.lambda_volume * log_volume
+        return {"loss": loss, "nll": l_nll, "log_volume": log_volume, "mse": l_mse, "ssim": l_ssim}
 
     @torch.no_grad()
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon, nll = self.forward_maps(images)
+        recon, nll, _ = self.forward_maps(images)
         size = images.shape[-2:]
         lam = F.interpolate(nll[:, None], size=size, mode="bilinear", align_corners=False)
         gam = ((recon - (images * 2 - 1)) ** 2).mean(1, keepdim=True)

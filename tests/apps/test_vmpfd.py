@@ -76,6 +76,83 @@ def test_ablation_switches_build(tmp_path, run_app):
     assert code == 2 and "method.local_features" in err
 
 
+def _train_adapter(lambda_volume: float):
+    """Adapter + mixture density head on low-rank PDN-like features, the way VMPFD trains them (NLL per dimension
+    minus λ·log-volume per dimension). Returns (final NLL, head, adapter, sampler)."""
+    from apps.vmpfd.method import Adapter
+    from ssmad.heads.mdn import MixtureDensityHead
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(6, 24, generator=g)  # normal features: a 6-dim subspace of 24 channels, plus noise
+
+    def sample(n: int) -> torch.Tensor:
+        z = torch.randn(n, 4, 4, 6, generator=g) @ basis + 0.1 * torch.randn(n, 4, 4, 24, generator=g)
+        return z.permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    adapter, head = Adapter(24, 12), MixtureDensityHead(12, n_components=2, hidden=32, bottleneck=4)
+    opt = torch.optim.Adam([*adapter.parameters(), *head.parameters()], lr=1e-2)
+    for _ in range(300):
+        t, log_volume = adapter.forward_with_volume(sample(16))
+        nll = head.nll(t).mean()
+        loss = nll - lambda_volume * log_volume / t.shape[1] if lambda_volume else nll
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    adapter.eval()
+    return float(nll.detach()), head, adapter, sample
+
+
+def test_adapter_log_volume_stops_low_rank_collapse():
+    """Trained by the NLL alone, the adapter G_θ collapses T to low rank: the NLL sits on the σ floor and features
+    off the normal subspace are hardly told apart. With the log-volume term (method.lambda_volume) it keeps its
+    rank and they are."""
+    def auroc(normal: torch.Tensor, anomalous: torch.Tensor) -> float:
+        return float((anomalous.flatten()[:, None] > normal.flatten()[None]).float().mean())
+
+    results = {}
+    for lam in (0.0, 1.0):
+        nll, head, adapter, sample = _train_adapter(lam)
+        with torch.no_grad():
+            w = adapter[0].weight.flatten(1) / (adapter[1].running_var + adapter[1].eps).sqrt()[:, None]
+            sv = torch.linalg.svdvals(w)
+            x = sample(32)
+            off = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+            results[lam] = (nll - head.nll_lower_bound(), float(sv[-1] / sv[0]),
+                            auroc(head.nll(adapter(x)), head.nll(adapter(off))))
+    (gap0, rank0, auc0), (gap1, rank1, auc1) = results[0.0], results[1.0]
+    assert gap0 < 0.1 and rank0 < 0.05  # collapsed: NLL on the floor, the map nearly rank-deficient
+    assert gap1 > 1.0 and rank1 > 0.1   # with the log-volume: neither
+    assert auc1 > 0.95 and auc1 > auc0 + 0.15
+
+
+def test_local_feature_modes_and_old_runs():
+    """sum / concat / pdn build T of the right width; a stored config of apps <= 0.2.2 ("fused", no
+    lambda_volume) loads as what it trained (concatenation, no log-volume); a widening adapter is refused."""
+    from apps.common.config import load_config
+    from apps.vmpfd.method import VMPFD
+    from ssmad.core import ConfigError
+
+    cfg = load_config(APP.app_dir, "smoke", None, [])
+    latent_dim = 16  # the smoke preset's d_model
+    images = torch.rand(4, 3, 64, 64)
+    for mode, width in (("sum", latent_dim), ("concat", 16 + latent_dim), ("pdn", 16)):
+        cfg["method"]["local_features"] = mode
+        m = VMPFD(cfg, torch.device("cpu"))
+        assert m.modules["density"].in_channels == width
+        m.train()
+        out = m.train_step({"image": images})
+        assert torch.isfinite(out["log_volume"]) and torch.isfinite(out["loss"])
+        assert torch.allclose(out["loss"], out["nll"] - out["log_volume"] + 5 * out["mse"] + out["ssim"])
+    old = dict(cfg, method={k: v for k, v in cfg["method"].items() if k != "lambda_volume"})
+    old["method"]["local_features"] = "fused"
+    m = VMPFD(old, torch.device("cpu"))
+    assert m.local_features == "concat" and m.lambda_volume == 0.0
+    cfg["method"].update(local_features="pdn", adapter_dim=1000)
+    with pytest.raises(ConfigError, match="adapter_dim"):
+        VMPFD(cfg, torch.device("cpu"))
+
+
 def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     """scripts/vmpfd_branches.py (the docs/results-mt.md branch figures) runs on a finished run and refuses others."""
     import re

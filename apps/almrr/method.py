@@ -3,7 +3,9 @@
 Training (DESIGN §5): a Perlin-mask synthetic anomaly I_a is made from each clean image I; both go through
 the frozen backbone (shared weights); the reconstructor maps F = φ(I_a) to F̂ and is pulled towards φ(I)
 (L_rec, mean squared distance); the refiner sees concat(channel-mean(F̂), channel-mean(F)) and segments
-the synthetic mask (focal γ=2 + dice). At test time the anomaly map is the refiner's anomalous-class
+the synthetic mask (focal γ=2 + dice). ``method.refiner_inputs`` can add the log feature distance
+log ‖F̂ − F‖² as a third input channel (not in the paper, whose refiner sees only the two channel means, from
+which the distance cannot be recovered). At test time the anomaly map is the refiner's anomalous-class
 probability at input resolution (without a refiner: the squared feature distance ‖F̂ − F‖² per position),
 and the image score is the max of its 9×9 box-filtered map.
 
@@ -28,6 +30,8 @@ from ssmad.heads.losses import dice_loss, focal_loss
 
 from ..common.config import build_role, component, section_value
 from ..common.method import Method
+
+REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 
 
 class ALMRR(Method):
@@ -57,7 +61,13 @@ class ALMRR(Method):
                                                    feature_size=self.feature_size)
         if self.modules["reconstructor"] is None:
             raise ConfigError("pipeline.reconstructor: ALMRR needs a reconstructor")
-        refiner = build_role(config, "refiner", in_channels=2, out_channels=2)
+        # runs stored before the option existed used the paper's two channel means
+        self.refiner_inputs = list(m.get("refiner_inputs", REFINER_INPUTS[:2]))
+        if (not self.refiner_inputs or len(set(self.refiner_inputs)) != len(self.refiner_inputs)
+                or any(k not in REFINER_INPUTS for k in self.refiner_inputs)):
+            raise ConfigError(f"config: method.refiner_inputs must be a list of distinct names from "
+                              f"{list(REFINER_INPUTS)}, got {m.get('refiner_inputs')!r}")
+        refiner = build_role(config, "refiner", in_channels=len(self.refiner_inputs), out_channels=2)
         if refiner is not None:
             self.modules["refiner"] = refiner
         self.synth = build_role(config, "synth") if component(config, "synth") else None
@@ -97,8 +107,9 @@ class ALMRR(Method):
         return self.concat_stages(self.modules["backbone"](images), self.feature_size)
 
     def refine(self, recon: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([recon.mean(1, keepdim=True), feats.mean(1, keepdim=True)], 1)
-        return self.modules["refiner"](x)
+        parts = {"recon_mean": lambda: recon.mean(1, keepdim=True), "feature_mean": lambda: feats.mean(1, keepdim=True),
+                 "distance": lambda: self.distance(recon, feats).clamp_min(1e-8).log()}  # its range spans decades
+        return self.modules["refiner"](torch.cat([parts[k]() for k in self.refiner_inputs], 1))
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = batch["clean"].shape[0]

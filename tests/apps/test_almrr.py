@@ -139,6 +139,7 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     (["test", "--run", "/nonexistent/run"], "/nonexistent/run"),
     (["train", "--data", "folder:/nonexistent/imgs"], "missing required parameter 'normal' (give it in [data.params]"),
     (["train", "--preset", "smoke", "--device", "tpu"], "--device 'tpu'"),
+    (["train", "--preset", "smoke", "--set", 'method.refiner_inputs=["distanse"]'], "method.refiner_inputs"),
 ])
 def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     if argv[0] == "train":
@@ -240,6 +241,34 @@ def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_meth
     maps[1, 30:40, 30:40] = 0.5                                    # a blob: the box mean keeps 0.5
     np.testing.assert_allclose(on.branch_score(maps), [1 / 81, 0.5], rtol=1e-5)
     np.testing.assert_allclose(on.branch_score(maps), on.score(maps))
+
+
+def test_refiner_inputs_are_a_config_list():
+    """method.refiner_inputs picks the refiner's input channels; the distance channel is log ‖F̂ − F‖² and carries
+    the refiner's gradient back into the reconstructor; a stored config without the key is the paper's pair."""
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+
+    cfg = load_config(APP.app_dir, "smoke", None, ['method.refiner_inputs=["recon_mean", "feature_mean", "distance"]'])
+    m = ALMRR(cfg, torch.device("cpu"))
+    m.modules["refiner"].eval()
+    convs = [mod for mod in m.modules["refiner"].modules() if isinstance(mod, torch.nn.Conv2d)]
+    first_conv = next(c for c in convs if c.in_channels == 3)                 # the input layer takes 3 channels
+    feats = torch.rand(2, 5, 32, 32)
+    recon = (feats + 0.1 * torch.randn(2, 5, 32, 32)).requires_grad_()
+    m.refine(recon, feats)[:, 1].sum().backward()
+    assert recon.grad.abs().sum() > 0
+    seen = {}
+    first_conv.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))  # (returns None: output kept)
+    with torch.no_grad():
+        m.refine(recon, feats)
+    means = torch.cat([recon.mean(1, keepdim=True), feats.mean(1, keepdim=True)], 1)
+    torch.testing.assert_close(seen["x"], torch.cat([means, ALMRR.distance(recon, feats).log()], 1))
+    old = load_config(APP.app_dir, "smoke", None, [])
+    del old["method"]["refiner_inputs"]
+    assert ALMRR(old, torch.device("cpu")).refiner_inputs == ["recon_mean", "feature_mean"]
 
 
 def test_same_seed_same_training(tmp_path, run_app):

@@ -42,10 +42,11 @@ from ..common.method import Method
 class Adapter(nn.Sequential):
     """G_θ: a 1×1 convolution followed by a per-channel standardisation (batch norm without affine parameters).
 
-    :meth:`log_volume` is ``½·log det(W Wᵀ)`` of the effective linear map ``W = diag(1/s)·G`` (``G`` the
-    convolution's ``out×in`` weight, ``s`` the batch's per-channel standard deviation that the batch norm divides
-    by in training): the log of the volume factor by which the adapter maps its input's row space onto T. It falls
-    to −∞ as G's rows become linearly dependent, the low-rank collapse that the NLL alone rewards.
+    :meth:`forward_with_volume` also returns its log-volume, ``½·log det(W Wᵀ)`` of the effective linear map
+    ``W = diag(1/s)·G`` (``G`` the convolution's ``out×in`` weight, ``s`` the batch's per-channel standard
+    deviation that the batch norm divides by in training): the log of the volume factor by which the adapter maps
+    its input's row space onto T. It falls to −∞ as G's rows become linearly dependent, the low-rank collapse that
+    the NLL alone rewards.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:

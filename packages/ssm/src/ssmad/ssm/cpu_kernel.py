@@ -99,7 +99,8 @@ def _build(compiler: str) -> Path:
         if lib.is_file():
             _touch(lib)
             return lib
-        if lib.with_suffix(".failed").is_file():
+        if (note := lib.with_suffix(".failed")).is_file():
+            _touch(note)  # in use (it saves a failing compile), like a loaded library: not pruned
             continue
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def _build(compiler: str) -> Path:
 
 
 def _touch(path: Path) -> None:
-    """Mark a cached file as used (its modification time), where the cache is writable."""
+    """Mark a cached library or failure note as used (its modification time), where the cache is writable."""
     try:
         os.utime(path)
     except OSError:

@@ -101,13 +101,14 @@ class VMPFD(Method):
             raise ConfigError(f"method.grid = {self.grid} but the autoencoder's encoder map is "
                               f"{latent.shape[-2]}×{latent.shape[-1]}: set method.grid or the autoencoder's patch "
                               f"(image_size / patch)")
+        pdn_channels = int(sum(pdn.channels))
         if self.local_features == "sum":
             adapter_dim = latent.shape[1]  # the adapter's output is added to the encoder map
-            if adapter_dim > sum(pdn.channels):
+            if adapter_dim > pdn_channels:
                 raise ConfigError(f"method.local_features = \"sum\" adds the adapted PDN features to the encoder "
-                                  f"map, but the encoder is wider ({adapter_dim}) than the PDN ({sum(pdn.channels)}):"
+                                  f"map, but the encoder is wider ({adapter_dim}) than the PDN ({pdn_channels}):"
                                   f" lower pipeline.autoencoder.d_model or use \"concat\"")
-        self.modules["adapter"] = Adapter(int(sum(pdn.channels)), adapter_dim)
+        self.modules["adapter"] = Adapter(pdn_channels, adapter_dim)
         t_dim = adapter_dim
         if self.local_features != "pdn":
             self.modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)

@@ -9,6 +9,12 @@ which the distance cannot be recovered). At test time the anomaly map is the ref
 probability at input resolution (without a refiner: the squared feature distance ‖F̂ − F‖² per position),
 and the image score is the max of its 9×9 box-filtered map.
 
+``method.distance_weight`` w > 0 (not in the paper; the demo and cpu presets) adds the feature-distance map to the
+refined map: refined + w · (d − q_low) / (q_high − q_low), with d the distance map below and q_low / q_high its 0.9 /
+0.999 quantiles over the held-out normal images (``distance_scale``, fitted after training). The refiner's output
+is a segmentation, about 0 wherever it sees nothing; defects it misses then tie with the background, which costs
+pixel AUROC. The scaled distance orders those pixels.
+
 The feature distance is also reported on its own (``extras["distance"]``: the test report's "distance only" table),
 after the optional ``distance_norm`` post-processing (``position_norm``: minus the mean distance at each position
 over the held-out normal images, fitted after training). Without it, on Magnetic-tile-defect the largest distance
@@ -76,7 +82,16 @@ class ALMRR(Method):
         self.score = build_role(config, "score")
         self.distance_norm = build_role(config, "distance_norm")
         self.distance_smooth = build_role(config, "distance_smooth")
-        self._warned_unfitted = False
+        self.distance_scale = build_role(config, "distance_scale")
+        # runs stored before the option existed: the refined map alone
+        self.distance_weight = float(section_value(config, "method", "distance_weight", (int, float),
+                                                   lambda v: 0 <= v < float("inf"), "a number >= 0")
+                                     if "distance_weight" in m else 0.0)
+        if self.distance_weight > 0 and "refiner" in self.modules and self.distance_scale is None:
+            raise ConfigError("method.distance_weight > 0 adds the scaled distance map to the refined map and needs "
+                              "the pipeline.distance_scale role (quantile_norm); enable it or set "
+                              "method.distance_weight = 0")
+        self._warned_unfitted = self._warned_unscaled = False
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
 
@@ -140,26 +155,50 @@ class ALMRR(Method):
         feats = self.features(images)
         return self.distance(self.modules["reconstructor"](feats), feats)
 
+    @property
+    def _scaled(self) -> bool:
+        """Whether the refined map gets the scaled distance map added."""
+        return self.distance_weight > 0 and "refiner" in self.modules
+
     @torch.no_grad()
     def after_training(self, normal_images: list[torch.Tensor]) -> None:
-        if self.distance_norm is None or not normal_images:
+        """Fit ``distance_norm`` on the normal images' raw distances, then (``distance_weight`` > 0)
+        ``distance_scale`` on their distance maps as ``predict`` makes them."""
+        if not normal_images:
             return
-        maps = []
+        size = normal_images[0].shape[-2:]
+        raw = []
         for i in range(0, len(normal_images), self.eval_batch_size):
             images = torch.stack(normal_images[i:i + self.eval_batch_size]).to(self.device)
-            maps.append(self.raw_distance(images).cpu())
-        self.distance_norm.fit(torch.cat(maps))
+            raw.append(self.raw_distance(images))
+        if self.distance_norm is not None:
+            self.distance_norm.fit(torch.cat(raw).cpu())
+        if self._scaled:
+            self.distance_scale.fit(torch.cat([self.distance_map(r, size).cpu() for r in raw]))
+
+    def distance_map(self, dist: torch.Tensor, size) -> torch.Tensor:
+        """The raw distance (feature grid) → the reported map: ``distance_norm``, resized to ``size``,
+        ``distance_smooth``."""
+        if self.distance_norm is not None:
+            if self.distance_norm.fitted:
+                dist = self.distance_norm(dist)
+            elif not self._warned_unfitted:
+                self._warned_unfitted = True
+                warnings.warn("pipeline.distance_norm: not fitted (a checkpoint of a training that did not finish, "
+                              "or no held-out normal images); the distance map is reported raw", RuntimeWarning,
+                              stacklevel=3)
+        dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
+        return self.distance_smooth(dist) if self.distance_smooth is not None else dist
 
     def extra_state(self) -> dict[str, Any]:
-        if self.distance_norm is not None and self.distance_norm.fitted:
-            return {"distance_norm": self.distance_norm.state_dict()}
-        return {}
+        # (the epoch checkpoints of a training are written before after_training fits these)
+        return {name: getattr(self, name).state_dict() for name in ("distance_norm", "distance_scale")
+                if getattr(self, name) is not None and getattr(self, name).fitted}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.distance_norm is None:
-            return
-        if "distance_norm" in state:  # (absent from the epoch checkpoints of a training that did not finish)
-            self.distance_norm.load_state_dict(state["distance_norm"])
+        for name in ("distance_norm", "distance_scale"):
+            if getattr(self, name) is not None and name in state:
+                getattr(self, name).load_state_dict(state[name])
 
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
@@ -169,21 +208,18 @@ class ALMRR(Method):
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         feats = self.features(images)
         recon = self.modules["reconstructor"](feats)
-        dist = self.distance(recon, feats)
-        if self.distance_norm is not None:
-            if self.distance_norm.fitted:
-                dist = self.distance_norm(dist)
-            elif not self._warned_unfitted:
-                self._warned_unfitted = True
-                warnings.warn("pipeline.distance_norm: not fitted (a checkpoint of a training that did not finish, "
-                              "or no held-out normal images); the distance map is reported raw", RuntimeWarning,
-                              stacklevel=2)
         size = images.shape[-2:]
-        dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
-        if self.distance_smooth is not None:
-            dist = self.distance_smooth(dist)
+        dist = self.distance_map(self.distance(recon, feats), size)
         if "refiner" not in self.modules:
             return AnomalyOutput(anomaly_map=dist, score=self.score(dist))
         amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
+        if self._scaled:
+            if self.distance_scale.fitted:
+                amap = amap + self.distance_weight * self.distance_scale(dist)
+            elif not self._warned_unscaled:
+                self._warned_unscaled = True
+                warnings.warn("pipeline.distance_scale: not fitted (a checkpoint of a training that did not "
+                              "finish, or no held-out normal images); the map is the refined map alone",
+                              RuntimeWarning, stacklevel=2)
         return AnomalyOutput(anomaly_map=amap, score=self.score(amap), extras={"distance": dist})

@@ -140,6 +140,9 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     (["train", "--data", "folder:/nonexistent/imgs"], "missing required parameter 'normal' (give it in [data.params]"),
     (["train", "--preset", "smoke", "--device", "tpu"], "--device 'tpu'"),
     (["train", "--preset", "smoke", "--set", 'method.refiner_inputs=["distanse"]'], "method.refiner_inputs"),
+    (["train", "--preset", "smoke", "--set", "method.distance_weight=-0.1"], "method.distance_weight"),
+    (["train", "--preset", "smoke", "--set", "method.distance_weight=0.1", "--set",
+      "pipeline.distance_scale.enabled=false"], "pipeline.distance_scale"),
 ])
 def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     if argv[0] == "train":
@@ -269,6 +272,41 @@ def test_refiner_inputs_are_a_config_list():
     old = load_config(APP.app_dir, "smoke", None, [])
     del old["method"]["refiner_inputs"]
     assert ALMRR(old, torch.device("cpu")).refiner_inputs == ["recon_mean", "feature_mean"]
+
+
+def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
+    """method.distance_weight w: the map is refined + w · the distance map scaled by its 0.9 / 0.999 quantiles over
+    the held-out normal images (fitted after training, stored in model.pt); w = 0 and old configs: refined alone."""
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+    from apps.common.data import open_data, split_validation
+
+    run = tmp_path / "run"
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", "method.distance_weight=0.5", "--no-test",
+                           "--out", str(run), "--device", "cpu")
+    assert code == 0, err
+    method, ckpt = APP.load_method(run, torch.device("cpu"))
+    assert set(ckpt["state"]["extra"]) == {"distance_norm", "distance_scale"}
+    data = open_data(method.config)
+    _, val_idx = split_validation(data.train, float(method.config["train"]["val_fraction"]),
+                                  int(method.config["train"]["seed"]))
+    images = torch.stack([data.train[i].image for i in val_idx])
+    with torch.no_grad():
+        blended = method.predict(images)
+        method.distance_weight = 0.0
+        refined = method.predict(images)
+    dist = blended.extras["distance"]
+    lo, hi = torch.quantile(dist.flatten().double(), torch.tensor([0.9, 0.999], dtype=torch.double))
+    scaled = method.distance_scale(dist)
+    torch.testing.assert_close(scaled, ((dist - lo) / (hi - lo)).float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map + 0.5 * scaled)
+    assert not torch.equal(blended.score, refined.score)
+    old = load_config(APP.app_dir, "smoke", None, [])
+    del old["method"]["distance_weight"]
+    old["pipeline"] = [e for e in old["pipeline"] if e["role"] != "distance_scale"]
+    assert ALMRR(old, torch.device("cpu")).distance_weight == 0.0
 
 
 def test_same_seed_same_training(tmp_path, run_app):

@@ -12,11 +12,13 @@ import torch
 from ssmad.core import CheckpointError
 
 
-def run_parser(doc: str, what: str) -> argparse.ArgumentParser:
-    """``RUN [--band-px 16] [--device cpu]``, described by the first line of the script's ``doc``."""
+def run_parser(doc: str, what: str, band: bool = True) -> argparse.ArgumentParser:
+    """``RUN [--band-px 16] [--device cpu]`` (``--band-px`` only with ``band``), described by the first line of the
+    script's ``doc``."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("run", help=f"a finished {what} run folder (with model.pt)")
-    ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
+    if band:
+        ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     return ap
 

@@ -94,6 +94,26 @@ def test_border_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     assert "model.pt not found" in capsys.readouterr().err
 
 
+def test_blend_script_scores_weights_on_synthetic_anomalies(smoke_run, tmp_path, capsys, load_script):
+    """scripts/almrr_blend.py scores distance weights on synthetic anomalies of the held-out normal images."""
+    import re
+
+    script = load_script("almrr_blend")
+    run, _ = smoke_run
+    assert script.main([str(run), "--weights", "0,0.5", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| ([0-9.]+) \| (.+) \|$", out, re.M)
+    assert [w for w, _ in rows] == ["0", "0.5"], out
+    for _, cells in rows:
+        values = [float(v) for v in cells.split(" | ")]
+        assert len(values) == 4 and all(0 <= v <= 100 or np.isnan(v) for v in values), out
+    assert script.main([str(tmp_path / "nothing")]) == 2
+    assert "model.pt not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        script.main([str(run), "--weights", "0,-1"])
+    assert exc.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
 def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, out, err = run_app(APP, "test", "--run", str(run), "--out", str(tmp_path / "rep"), "--figures", "2")

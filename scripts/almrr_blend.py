@@ -1,0 +1,107 @@
+"""How much of the scaled distance map an ALMRR run's refined map should get, judged on synthetic anomalies.
+
+    .venv/bin/python scripts/almrr_blend.py RUN_DIR [--weights 0,0.02,0.05,0.1,0.2,0.5,1] [--repeats 2]
+                                            [--device cpu]
+
+``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). This script scores
+each w of ``--weights`` without the test set: every held-out normal image of the run (``train.val_fraction``) is
+given ``--repeats`` synthetic anomalies by the run's own synthesiser (seeded), and the anomalous versions together
+with the clean ones are scored: image AUROC, pixel AUROC, pixel AP and AUPRO per w. The distance is scaled by the
+run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the clean images' distance
+maps (what training would fit). Retrain with ``--set method.distance_weight=W`` to use a weight: the scale is
+fitted after training. The cpu preset's 0.1 was chosen this way (docs/results-mt.md).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not np.isfinite(v) or v < 0 for v in values):
+        raise ValueError(f"--weights: expected comma-separated numbers >= 0, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    from apps.common.diagnostics import open_finished_run, run_parser
+
+    ap = run_parser(__doc__, "ALMRR", band=False)
+    ap.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.5,1", help="weights to score (comma-separated)")
+    ap.add_argument("--repeats", type=int, default=2, help="synthetic anomalies per held-out image (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic anomalies (default 0)")
+    args = ap.parse_args(argv)
+    try:
+        weights = _weights(args.weights)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.repeats < 1:
+        ap.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
+
+    from apps.almrr.__main__ import APP
+    from apps.common.data import open_data, split_validation
+    from ssmad.core import SsmadError, build
+    from ssmad.scoring import evaluate
+
+    try:
+        method, ckpt = open_finished_run(APP, args.run, args.device, "ALMRR")
+        config = ckpt["config"]
+        data = open_data(config)
+        _, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
+                                      int(config["train"]["seed"]))
+    except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "refiner" not in method.modules:
+        print(f"error: {args.run}: the run has no refiner (its map is the distance already)", file=sys.stderr)
+        return 2
+    if not val_idx:
+        print(f"error: {args.run}: the run holds out no normal images (train.val_fraction = 0)", file=sys.stderr)
+        return 2
+
+    rng = np.random.default_rng(args.seed)
+    refined, dist, masks, clean_dist = [], [], [], []
+    method.distance_weight = 0.0                                   # the refined map alone; the blend is made below
+    bs = method.eval_batch_size
+    with torch.no_grad():
+        for rep in range(args.repeats):
+            for start in range(0, len(val_idx), bs):
+                items = [method.train_item(data.train[i], rng) for i in val_idx[start:start + bs]]
+                for key in ("anomalous", "clean"):
+                    out = method.predict(torch.stack([it[key] for it in items]).to(method.device))
+                    refined.append(out.anomaly_map.cpu())
+                    dist.append(out.extras["distance"].cpu())
+                    masks.append(torch.stack([it["mask"] if key == "anomalous" else torch.zeros_like(it["mask"])
+                                              for it in items]))
+                    if key == "clean" and rep == 0:
+                        clean_dist.append(dist[-1])
+    refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks) > 0.5
+    scale = method.distance_scale
+    fitted = scale is not None and scale.fitted
+    if not fitted:
+        scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(torch.cat(clean_dist))
+    scaled = scale(dist)
+    labels = masks.flatten(1).any(1).long().numpy()
+    print(f"{args.run}: {len(val_idx)} held-out normal images × {args.repeats} synthetic anomalies "
+          f"({int(labels.sum())} with an anomaly) and their clean versions; distance scaled by "
+          f"{'the run' if fitted else 'quantiles of the clean maps'}")
+    print("| distance_weight | " + " | ".join(METRICS) + " |")
+    print("|---:|" + "---:|" * len(METRICS))
+    for w in weights:
+        amap = refined + w * scaled
+        res = evaluate(labels, method.score(amap).numpy(), masks, amap, METRICS)
+        print(f"| {w:g} | " + " | ".join(f"{100 * res[m]:.1f}" for m in METRICS) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

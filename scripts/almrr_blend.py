@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(torch.cat(clean_dist))
     scaled = scale(dist)
     labels = masks.flatten(1).any(1).long().numpy()
+    if not labels.any():
+        print(f"error: the synthesiser made no anomaly in {len(labels) // 2} tries; raise --repeats", file=sys.stderr)
+        return 2
     print(f"{args.run}: {len(val_idx)} held-out normal images × {args.repeats} synthetic anomalies "
           f"({int(labels.sum())} with an anomaly) and their clean versions; distance scaled by "
           f"{'the run' if fitted else 'quantiles of the clean maps'}")

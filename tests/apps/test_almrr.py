@@ -100,13 +100,14 @@ def test_blend_script_scores_weights_on_synthetic_anomalies(smoke_run, tmp_path,
 
     script = load_script("almrr_blend")
     run, _ = smoke_run
-    assert script.main([str(run), "--weights", "0,0.5", "--repeats", "1"]) == 0
+    assert script.main([str(run), "--weights", "0,0.5", "--repeats", "8"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^\| ([0-9.]+) \| (.+) \|$", out, re.M)
     assert [w for w, _ in rows] == ["0", "0.5"], out
     for _, cells in rows:
         values = [float(v) for v in cells.split(" | ")]
-        assert len(values) == 4 and all(0 <= v <= 100 or np.isnan(v) for v in values), out
+        assert len(values) == 4 and all(0 <= v <= 100 for v in values), out
+    assert rows[0][1] != rows[1][1]                                     # the weight changes the map
     assert script.main([str(tmp_path / "nothing")]) == 2
     assert "model.pt not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

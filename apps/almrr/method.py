@@ -9,7 +9,7 @@ which the distance cannot be recovered). At test time the anomaly map is the ref
 probability at input resolution (without a refiner: the squared feature distance ‖F̂ − F‖² per position),
 and the image score is the max of its 9×9 box-filtered map.
 
-``method.distance_weight`` w > 0 (not in the paper; the demo and cpu presets) adds the feature-distance map to the
+``method.distance_weight`` w > 0 (not in the paper; the cpu preset) adds the feature-distance map to the
 refined map: refined + w · (d − q_low) / (q_high − q_low), with d the distance map below and q_low / q_high its 0.9 /
 0.999 quantiles over the held-out normal images (``distance_scale``, fitted after training). The refiner's output
 is a segmentation, about 0 wherever it sees nothing; defects it misses then tie with the background, which costs

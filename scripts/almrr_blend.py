@@ -33,7 +33,7 @@ def _weights(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_finished_run, run_parser
+    from apps.common.diagnostics import open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False)
     ap.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.5,1", help="weights to score (comma-separated)")
@@ -48,16 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
 
     from apps.almrr.__main__ import APP
-    from apps.common.data import open_data, split_validation
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 
     try:
-        method, ckpt = open_finished_run(APP, args.run, args.device, "ALMRR")
-        config = ckpt["config"]
-        data = open_data(config)
-        _, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
-                                      int(config["train"]["seed"]))
+        method, _, data, _, val_idx = open_run_data(APP, args.run, args.device, "ALMRR")
     except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,21 +26,16 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_finished_run, run_parser
+    from apps.common.diagnostics import image_batches, open_run_data, run_parser
 
     args = run_parser(__doc__, "VMPFD-AD").parse_args(argv)
 
-    from apps.common.data import open_data, split_validation
     from apps.vmpfd.__main__ import APP
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 
     try:
-        method, ckpt = open_finished_run(APP, args.run, args.device, "VMPFD-AD")
-        config = ckpt["config"]
-        data = open_data(config)
-        train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
-                                              int(config["train"]["seed"]))
+        method, config, data, train_idx, val_idx = open_run_data(APP, args.run, args.device, "VMPFD-AD")
     except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
         print(f"error: {exc}", file=sys.stderr)
         return 2

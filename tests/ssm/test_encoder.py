@@ -27,6 +27,25 @@ def test_tokens_map_round_trip_keeps_positions(b, c, h, w):
     assert torch.equal(map_to_tokens(tokens_to_map(t, (h, w)))[0], t)
 
 
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 2), c=st.integers(1, 4), p=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4))
+def test_patch_tokens_are_the_strided_convolution(b, c, p, h, w):
+    """The embedding's matrix product equals the Conv2d (kernel = stride = patch) it stands for, token order and
+    gradients included, also on a grid other than the built one."""
+    torch.manual_seed(b * 1000 + c * 100 + p * 10 + h)
+    enc = ViMEncoder(c, (2 * p, 3 * p), p, d_model=5, depth=0).double()
+    x = torch.randn(b, c, h * p, w * p, dtype=torch.float64, requires_grad=True)
+    tokens, hw = enc.patch_tokens(x)
+    want, want_hw = map_to_tokens(enc.patch_embed(x))
+    assert hw == want_hw == (h, w)
+    torch.testing.assert_close(tokens, want)
+    g = torch.randn_like(tokens)
+    grads = torch.autograd.grad(tokens, [x, enc.patch_embed.weight, enc.patch_embed.bias], g)
+    want_grads = torch.autograd.grad(want, [x, enc.patch_embed.weight, enc.patch_embed.bias], g)
+    for got, ref in zip(grads, want_grads):
+        torch.testing.assert_close(got, ref)
+
+
 def test_raw_view_would_scramble():
     """The bug the helpers avoid: viewing a B×C×h×w map as B×L×C mixes channels and positions."""
     codes = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)

@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run}: the run holds out no normal images (train.val_fraction = 0)", file=sys.stderr)
         return 2
 
+    scale = method.distance_scale
+    fitted = scale is not None and scale.fitted
     method.distance_weight = 0.0                                   # the refined map alone; the blend is made below
     bs = method.eval_batch_size
     refined, dist, masks, clean_dist, test_labels = [], [], [], [], []
@@ -80,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                 run_batch(images)
                 masks.append(torch.stack([sample.mask for sample in chunk]))
                 test_labels += [int(sample.label) for sample in chunk]
-            for _, images in image_batches([data.train[i] for i in val_idx], bs, "cpu"):
-                clean_dist.append(method.distance_map(method.raw_distance(images.to(method.device)),
-                                                      images.shape[-2:]).cpu())
+            if not fitted:                                          # only the fallback scale needs them
+                for _, images in image_batches([data.train[i] for i in val_idx], bs, "cpu"):
+                    clean_dist.append(method.distance_map(method.raw_distance(images.to(method.device)),
+                                                          images.shape[-2:]).cpu())
         else:
             rng = np.random.default_rng(args.seed)
             for rep in range(args.repeats):
@@ -95,16 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                     if rep == 0:
                         clean_dist.append(clean)
     refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks) > 0.5
-    scale = method.distance_scale
-    fitted = scale is not None and scale.fitted
     if not fitted:
         scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(torch.cat(clean_dist))
     scaled = scale(dist)
-    labels = masks.flatten(1).any(1).long().numpy()
     if args.on == "test":
         labels = np.array(test_labels)
         what = f"the test split ({len(labels)} images, {int(labels.sum())} anomalous)"
-    elif not labels.any():
+    elif not (labels := masks.flatten(1).any(1).long().numpy()).any():
         print(f"error: the synthesiser made no anomaly in {len(labels) // 2} tries; raise --repeats", file=sys.stderr)
         return 2
     else:

@@ -1,16 +1,17 @@
 """How much of the scaled distance map an ALMRR run's refined map should get, judged on synthetic anomalies.
 
     .venv/bin/python scripts/almrr_blend.py RUN_DIR [--weights 0,0.02,0.05,0.1,0.2,0.5,1] [--repeats 2]
-                                            [--seed 0] [--on synthetic|test] [--device cpu]
+                                            [--seed SEED] [--on synthetic|test] [--device cpu]
 
 ``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). By default
 (``--on synthetic``) this script scores each w of ``--weights`` without the test set: every held-out normal image
-of the run (``train.val_fraction``) is given ``--repeats`` synthetic anomalies by the run's own synthesiser (seeded),
-and the anomalous versions together with the clean ones are scored. ``--on test`` scores the run's test split
-instead, to report what a weight does; choosing a weight there would tune on the test set. The distance is scaled
-by the run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the held-out images'
-distance maps (what training would fit). Retrain with ``--set method.distance_weight=W`` to use a weight: the scale
-is fitted after training. The cpu preset's 0.1 was chosen this way (docs/results-mt.md).
+of the run (``train.val_fraction``) is given ``--repeats`` synthetic anomalies by the run's own synthesiser (seeded
+by ``--seed``, by default the run's ``train.seed``), and the anomalous versions together with the clean ones are
+scored. This is the choice ``method.distance_weight = "auto"`` makes after training (the highest pixel AP), so with
+the defaults it shows what "auto" would choose for a run trained with a fixed weight. ``--on test`` scores the
+run's test split instead, to report what a weight does; choosing a weight there would tune on the test set. The
+distance is scaled by the run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the
+held-out images' distance maps (what training would fit).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def _weights(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from apps.almrr.method import AUTO_WEIGHTS
     from apps.common.diagnostics import image_batches, open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False)
-    ap.add_argument("--weights", default="0,0.02,0.05,0.1,0.2,0.5,1", help="weights to score (comma-separated)")
+    ap.add_argument("--weights", default=",".join(f"{w:g}" for w in AUTO_WEIGHTS),
+                    help="weights to score (comma-separated; default: those \"auto\" chooses among)")
     ap.add_argument("--repeats", type=int, default=2, help="synthetic anomalies per held-out image (default 2)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic anomalies (default 0)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed of the synthetic anomalies (default: the run's train.seed, as \"auto\" uses)")
     ap.add_argument("--on", choices=("synthetic", "test"), default="synthetic",
                     help="score synthetic anomalies of the held-out images (default) or the test split")
     args = ap.parse_args(argv)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from ssmad.scoring import METRICS, evaluate
 
     try:
-        method, _, data, _, val_idx = open_run_data(APP, args.run, args.device, "ALMRR")
+        method, config, data, _, val_idx = open_run_data(APP, args.run, args.device, "ALMRR")
     except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -64,42 +68,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run}: the run holds out no normal images (train.val_fraction = 0)", file=sys.stderr)
         return 2
 
+    chosen = method.weight_choice
     scale = method.distance_scale
     fitted = scale is not None and scale.fitted
-    method.distance_weight = 0.0                                   # the refined map alone; the blend is made below
+    method.distance_weight, method.auto_weight = 0.0, False         # the refined map alone; the blend is made below
     bs = method.eval_batch_size
-    refined, dist, masks, clean_dist, test_labels = [], [], [], [], []
-
-    def run_batch(images: torch.Tensor) -> torch.Tensor:
-        out = method.predict(images.to(method.device))
-        refined.append(out.anomaly_map.cpu())
-        dist.append(out.extras["distance"].cpu())
-        return dist[-1]
-
+    held = [data.train[i] for i in val_idx]
     with torch.no_grad():
         if args.on == "test":
-            for chunk, images in image_batches(data.test, bs, "cpu"):
-                run_batch(images)
-                masks.append(torch.stack([sample.mask for sample in chunk]))
+            refined, dist, masks, test_labels = [], [], [], []
+            for chunk, images in image_batches(data.test, bs, method.device):
+                out = method.predict(images)
+                refined.append(out.anomaly_map.cpu())
+                dist.append(out.extras["distance"].cpu())
+                masks.append(torch.stack([sample.mask for sample in chunk]) > 0.5)
                 test_labels += [int(sample.label) for sample in chunk]
+            refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks)
+            clean_dist = None
             if not fitted:                                          # only the fallback scale needs them
-                for _, images in image_batches([data.train[i] for i in val_idx], bs, "cpu"):
-                    clean_dist.append(method.distance_map(method.raw_distance(images.to(method.device)),
-                                                          images.shape[-2:]).cpu())
+                clean_dist = torch.cat([method.distance_map(method.raw_distance(images), images.shape[-2:]).cpu()
+                                        for _, images in image_batches(held, bs, method.device)])
         else:
-            rng = np.random.default_rng(args.seed)
-            for rep in range(args.repeats):
-                for start in range(0, len(val_idx), bs):
-                    items = [method.train_item(data.train[i], rng) for i in val_idx[start:start + bs]]
-                    run_batch(torch.stack([it["anomalous"] for it in items]))
-                    masks.append(torch.stack([it["mask"] for it in items]))
-                    clean = run_batch(torch.stack([it["clean"] for it in items]))
-                    masks.append(torch.zeros_like(masks[-1]))
-                    if rep == 0:
-                        clean_dist.append(clean)
-    refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks) > 0.5
+            seed = int(config["train"]["seed"]) if args.seed is None else args.seed
+            maps = method.synthetic_maps([x.image for x in held], np.random.default_rng(seed), args.repeats)
+            refined, dist, masks = maps["refined"], maps["distance"], maps["mask"]
+            clean_dist = dist[maps["clean"] & (maps["repeat"] == 0)]
     if not fitted:
-        scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(torch.cat(clean_dist))
+        scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(clean_dist)
     scaled = scale(dist)
     if args.on == "test":
         labels = np.array(test_labels)
@@ -112,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"with an anomaly) and their clean versions")
     print(f"{args.run}: {what}; distance scaled by "
           f"{'the run' if fitted else 'quantiles of the held-out images'}")
+    if chosen is not None:
+        print(f"(the run's method.distance_weight = auto chose {chosen['weight']:g})")
     names = list(METRICS)
     print("| distance_weight | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))

@@ -13,7 +13,10 @@ and the image score is the max of its 9×9 box-filtered map.
 refined map: refined + w · (d − q_low) / (q_high − q_low), with d the distance map below and q_low / q_high its 0.9 /
 0.999 quantiles over the held-out normal images (``distance_scale``, fitted after training). The refiner's output
 is a segmentation, about 0 wherever it sees nothing; defects it misses then tie with the background, which costs
-pixel AUROC. The scaled distance orders those pixels.
+pixel AUROC. The scaled distance orders those pixels. ``distance_weight = "auto"`` chooses w after training, from
+``method.distance_weight_candidates``, as the one whose map has the highest pixel AP on synthetic anomalies of the
+held-out normal images (the run's own synthesiser, seeded by ``train.seed``; never the test set): the weight helps
+a weak refined map and costs a good one, and which one a run has shows there.
 
 The feature distance is also reported on its own (``extras["distance"]``: the test report's "distance only" table),
 after the optional ``distance_norm`` post-processing (``position_norm``: minus the mean distance at each position
@@ -38,6 +41,8 @@ from ..common.config import build_role, component, section_value
 from ..common.method import Method
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
+AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
+AUTO_REPEATS = 2                                       # synthetic anomalies per held-out image for that choice
 
 
 class ALMRR(Method):
@@ -84,12 +89,15 @@ class ALMRR(Method):
         self.distance_smooth = build_role(config, "distance_smooth")
         self.distance_scale = build_role(config, "distance_scale")
         # runs stored before the option existed: the refined map alone
-        self.distance_weight = float(section_value(config, "method", "distance_weight", (int, float),
-                                                   lambda v: 0 <= v < float("inf"), "a number >= 0")
-                                     if "distance_weight" in m else 0.0)
-        if self.distance_weight > 0 and "refiner" in self.modules and self.distance_scale is None:
-            raise ConfigError("method.distance_weight > 0 adds the scaled distance map to the refined map and needs "
-                              "the pipeline.distance_scale role (quantile_norm); enable it or set "
+        self.auto_weight = m.get("distance_weight") == "auto"
+        self.weight_candidates = self._candidates(m.get("distance_weight_candidates", list(AUTO_WEIGHTS)))
+        self.weight_choice: dict[str, Any] | None = None     # what "auto" chose, and the pixel AP of each candidate
+        self.distance_weight = 0.0 if self.auto_weight or "distance_weight" not in m else float(section_value(
+            config, "method", "distance_weight", (int, float), lambda v: 0 <= v < float("inf"),
+            'a number >= 0 or "auto"'))
+        if self._scaled and self.distance_scale is None:
+            raise ConfigError("method.distance_weight > 0 or \"auto\" adds the scaled distance map to the refined map "
+                              "and needs the pipeline.distance_scale role (quantile_norm); enable it or set "
                               "method.distance_weight = 0")
         self._warned_unfitted = self._warned_unscaled = False
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
@@ -108,10 +116,21 @@ class ALMRR(Method):
         super().train(mode)
         self.modules["backbone"].eval()
 
+    @staticmethod
+    def _candidates(value: Any) -> list[float]:
+        if (not isinstance(value, list) or not value
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf")
+                       for v in value)):
+            raise ConfigError(f"config: method.distance_weight_candidates must be a non-empty list of numbers >= 0, "
+                              f"got {value!r}")
+        return sorted({float(v) for v in value})
+
     # -- data -------------------------------------------------------------------------------------------------
     def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        image = sample.image.permute(1, 2, 0).numpy()
-        clean, anomalous, mask = self.synth(image, rng)
+        return self._synthesise(sample.image, rng)
+
+    def _synthesise(self, image: torch.Tensor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        clean, anomalous, mask = self.synth(image.permute(1, 2, 0).numpy(), rng)
         return {"clean": torch.from_numpy(np.ascontiguousarray(clean, np.float32)).permute(2, 0, 1),
                 "anomalous": torch.from_numpy(np.ascontiguousarray(anomalous, np.float32)).permute(2, 0, 1),
                 "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]}
@@ -157,15 +176,15 @@ class ALMRR(Method):
 
     @property
     def _scaled(self) -> bool:
-        """Whether the refined map gets the scaled distance map added."""
-        return self.distance_weight > 0 and "refiner" in self.modules
+        """Whether the refined map can get the scaled distance map added (a weight > 0, or "auto")."""
+        return (self.distance_weight > 0 or self.auto_weight) and "refiner" in self.modules
 
     @torch.no_grad()
-    def after_training(self, normal_images: list[torch.Tensor]) -> None:
-        """Fit ``distance_norm`` on the normal images' raw distances, then (``distance_weight`` > 0)
-        ``distance_scale`` on their distance maps as ``predict`` makes them."""
+    def after_training(self, normal_images: list[torch.Tensor]) -> list[str]:
+        """Fit ``distance_norm`` on the normal images' raw distances, then (``distance_weight`` > 0 or "auto")
+        ``distance_scale`` on their distance maps as ``predict`` makes them, then ("auto") choose the weight."""
         if not normal_images:
-            return
+            return []
         size = normal_images[0].shape[-2:]
         raw = []
         for i in range(0, len(normal_images), self.eval_batch_size):
@@ -173,8 +192,59 @@ class ALMRR(Method):
             raw.append(self.raw_distance(images))
         if self.distance_norm is not None:
             self.distance_norm.fit(torch.cat(raw).cpu())
-        if self._scaled:
-            self.distance_scale.fit(torch.cat([self.distance_map(r, size).cpu() for r in raw]))
+        if not self._scaled:
+            return []
+        self.distance_scale.fit(torch.cat([self.distance_map(r, size).cpu() for r in raw]))
+        return self.choose_distance_weight(normal_images) if self.auto_weight else []
+
+    @torch.no_grad()
+    def synthetic_maps(self, images: list[torch.Tensor], rng: np.random.Generator,
+                       repeats: int) -> dict[str, torch.Tensor]:
+        """The maps of ``repeats`` synthetic anomalies of every image, made by the run's synthesiser, and of the clean
+        image of each draw (which the synthesiser may have rotated): ``refined`` (the refiner's map, no distance
+        added) and ``distance`` (N×1×H×W, on the CPU), ``mask`` (N×1×H×W, > 0.5 anomalous), ``clean`` (N, bool) and
+        ``repeat`` (N). Per repeat and batch of images: their anomalous versions, then their clean versions."""
+        weight, self.distance_weight, auto = self.distance_weight, 0.0, self.auto_weight
+        self.auto_weight = False                                   # the refined map alone, without warnings
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in ("refined", "distance", "mask", "clean", "repeat")}
+        try:
+            for rep in range(repeats):
+                for start in range(0, len(images), self.eval_batch_size):
+                    items = [self._synthesise(im, rng) for im in images[start:start + self.eval_batch_size]]
+                    for key, is_clean in (("anomalous", False), ("clean", True)):
+                        pred = self.predict(torch.stack([it[key] for it in items]).to(self.device))
+                        out["refined"].append(pred.anomaly_map.cpu())
+                        out["distance"].append(pred.extras["distance"].cpu())
+                        mask = torch.stack([it["mask"] for it in items]) > 0.5
+                        out["mask"].append(torch.zeros_like(mask) if is_clean else mask)
+                        out["clean"].append(torch.full((len(items),), is_clean))
+                        out["repeat"].append(torch.full((len(items),), rep))
+        finally:
+            self.distance_weight, self.auto_weight = weight, auto
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def choose_distance_weight(self, normal_images: list[torch.Tensor]) -> list[str]:
+        """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on synthetic anomalies of
+        ``normal_images`` (ties: the smaller weight). Sets and records the choice; returns lines for the log."""
+        from ssmad.scoring import evaluate
+
+        rng = np.random.default_rng(int(self.config["train"]["seed"]))
+        maps = self.synthetic_maps(normal_images, rng, AUTO_REPEATS)
+        what = f"{len(normal_images)} held-out normal images x {AUTO_REPEATS} synthetic anomalies"
+        if not maps["mask"].any():
+            self.distance_weight = 0.0
+            self.weight_choice = {"weight": 0.0, "pixel_ap": {}, "images": len(normal_images)}
+            return [f"method.distance_weight = auto: the synthesiser made no anomaly in {what}; weight 0 (the refined "
+                    f"map alone)"]
+        scaled = self.distance_scale(maps["distance"])
+        ap = {w: float(evaluate(None, None, maps["mask"], maps["refined"] + w * scaled, ["pixel_ap"])["pixel_ap"])
+              for w in self.weight_candidates}
+        best = max(self.weight_candidates, key=lambda w: (ap[w], -w))
+        self.distance_weight = best
+        self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()},
+                              "images": len(normal_images)}
+        table = ", ".join(f"{w:g}: {100 * v:.1f}" for w, v in ap.items())
+        return [f"method.distance_weight = auto: {best:g}, the highest pixel AP on {what} ({table})"]
 
     def distance_map(self, dist: torch.Tensor, size) -> torch.Tensor:
         """The raw distance (feature grid) → the reported map: ``distance_norm``, resized to ``size``,
@@ -192,13 +262,19 @@ class ALMRR(Method):
 
     def extra_state(self) -> dict[str, Any]:
         # (the epoch checkpoints of a training are written before after_training fits these)
-        return {name: getattr(self, name).state_dict() for name in ("distance_norm", "distance_scale")
-                if getattr(self, name) is not None and getattr(self, name).fitted}
+        state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in ("distance_norm", "distance_scale")
+                                 if getattr(self, name) is not None and getattr(self, name).fitted}
+        if self.auto_weight and self.weight_choice is not None:
+            state["distance_weight"] = dict(self.weight_choice)
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         for name in ("distance_norm", "distance_scale"):
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
+        if self.auto_weight and "distance_weight" in state:
+            self.weight_choice = dict(state["distance_weight"])
+            self.distance_weight = float(self.weight_choice["weight"])
 
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
@@ -215,11 +291,13 @@ class ALMRR(Method):
         amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]
         amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
         if self._scaled:
-            if self.distance_scale.fitted:
-                amap = amap + self.distance_weight * self.distance_scale(dist)
+            if self.distance_scale.fitted and (self.weight_choice is not None or not self.auto_weight):
+                if self.distance_weight > 0:
+                    amap = amap + self.distance_weight * self.distance_scale(dist)
             elif not self._warned_unscaled:
                 self._warned_unscaled = True
-                warnings.warn("pipeline.distance_scale: not fitted (a checkpoint of a training that did not "
-                              "finish, or no held-out normal images); the map is the refined map alone",
-                              RuntimeWarning, stacklevel=2)
+                what = ("method.distance_weight = auto: no weight chosen" if self.distance_scale.fitted
+                        else "pipeline.distance_scale: not fitted")
+                warnings.warn(f"{what} (a checkpoint of a training that did not finish, or no held-out normal "
+                              f"images); the map is the refined map alone", RuntimeWarning, stacklevel=2)
         return AnomalyOutput(anomaly_map=amap, score=self.score(amap), extras={"distance": dist})

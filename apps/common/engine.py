@@ -130,7 +130,8 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     # statistics on normal validation images, then decision thresholds
     method.train(False)
     val_images = [data.train[i].image for i in val_idx]
-    method.after_training(val_images)
+    for line in method.after_training(val_images) or []:
+        log(run_dir, line)
     thresholds = {}
     if val_images:
         scores, maps, _, _ = infer(method, data.train, val_idx, batch_size=int(t["eval_batch_size"]))

@@ -61,8 +61,9 @@ class Method(ABC):
     def prepare(self, run_dir, samples, indices: list[int]) -> None:
         """Once before training (and on resume): e.g. distil a feature extractor. Default: nothing."""
 
-    def after_training(self, normal_images: list[torch.Tensor]) -> None:
-        """Fit statistics (normalisation quantiles...) on normal validation images. Default: nothing."""
+    def after_training(self, normal_images: list[torch.Tensor]) -> list[str] | None:
+        """Fit statistics (normalisation quantiles...) on normal validation images; lines it returns go to the
+        training log. Default: nothing."""
 
     # -- inference --------------------------------------------------------------------------------------
     @abstractmethod

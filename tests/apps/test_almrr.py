@@ -178,6 +178,11 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     (["train", "--preset", "smoke", "--set", "method.distance_weight=-0.1"], "method.distance_weight"),
     (["train", "--preset", "smoke", "--set", "method.distance_weight=0.1", "--set",
       "pipeline.distance_scale.enabled=false"], "pipeline.distance_scale"),
+    (["train", "--preset", "smoke", "--set", "method.distance_weight=atuo"], 'a number >= 0 or "auto"'),
+    (["train", "--preset", "smoke", "--set", "method.distance_weight=auto", "--set",
+      "pipeline.distance_scale.enabled=false"], "pipeline.distance_scale"),
+    (["train", "--preset", "smoke", "--set", "method.distance_weight=auto", "--set",
+      "method.distance_weight_candidates=[0.1, -1]"], "method.distance_weight_candidates"),
 ])
 def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     if argv[0] == "train":
@@ -338,6 +343,59 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
     del old["method"]["distance_weight"]
     old["pipeline"] = [e for e in old["pipeline"] if e["role"] != "distance_scale"]
     assert ALMRR(old, torch.device("cpu")).distance_weight == 0.0
+
+
+def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_path, run_app, capsys, load_script):
+    """method.distance_weight = "auto": after training, the candidate with the highest pixel AP on synthetic anomalies
+    of the held-out images (seeded by train.seed) is chosen, logged, stored in model.pt and used by predict; the
+    blend script scores the same maps."""
+    import torch
+
+    from apps.almrr.method import AUTO_REPEATS
+    from ssmad.scoring import evaluate
+
+    run = tmp_path / "run"
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", "method.distance_weight=auto", "--set",
+                           "method.distance_weight_candidates=[3, 0, 0.5]", "--no-test", "--out", str(run),
+                           "--device", "cpu")
+    assert code == 0, err
+    method, ckpt = APP.load_method(run, torch.device("cpu"))
+    choice = ckpt["state"]["extra"]["distance_weight"]
+    assert method.auto_weight and method.weight_candidates == [0.0, 0.5, 3.0]
+    assert set(choice["pixel_ap"]) == {"0.0", "0.5", "3.0"} and method.distance_weight == choice["weight"]
+    log = (run / "train.log").read_text()
+    assert f"method.distance_weight = auto: {choice['weight']:g}, the highest pixel AP" in log
+
+    # the choice, recomputed from the maps
+    images = list(held_out_images(method))
+    maps = method.synthetic_maps(images, np.random.default_rng(int(method.config["train"]["seed"])), AUTO_REPEATS)
+    assert len(maps["mask"]) == 2 * AUTO_REPEATS * len(images) and maps["mask"].any()
+    assert not maps["mask"][maps["clean"]].any() and int(maps["repeat"].max()) == AUTO_REPEATS - 1
+    scaled = method.distance_scale(maps["distance"])
+    ap = {w: float(evaluate(None, None, maps["mask"], maps["refined"] + w * scaled, ["pixel_ap"])["pixel_ap"])
+          for w in (0.0, 0.5, 3.0)}
+    assert ap == pytest.approx({float(k): v for k, v in choice["pixel_ap"].items()})
+    assert choice["weight"] == max(ap, key=lambda w: (ap[w], -w))
+
+    # predict adds the chosen weight; before a choice exists (an epoch checkpoint) the refined map alone, with a warning
+    batch = torch.stack(images)
+    with torch.no_grad():
+        blended = method.predict(batch)
+        method.weight_choice = None
+        with pytest.warns(RuntimeWarning, match="no weight chosen"):
+            refined = method.predict(batch)
+    torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map
+                               + choice["weight"] * method.distance_scale(blended.extras["distance"]))
+
+    # the blend script shows the run's choice and the same pixel APs
+    import re
+
+    capsys.readouterr()
+    assert load_script("almrr_blend").main([str(run), "--weights", "0,0.5,3"]) == 0
+    out = capsys.readouterr().out
+    assert f"auto chose {choice['weight']:g}" in out
+    rows = {float(w): float(cells.split(" | ")[4]) for w, cells in re.findall(r"^\| ([0-9.]+) \| (.+) \|$", out, re.M)}
+    assert rows == pytest.approx({w: 100 * v for w, v in ap.items()}, abs=0.051)
 
 
 def test_same_seed_same_training(tmp_path, run_app):

@@ -10,8 +10,8 @@ by ``--seed``, by default the run's ``train.seed``), and the anomalous versions 
 scored. This is the choice ``method.distance_weight = "auto"`` makes after training (the highest pixel AP), so with
 the defaults it shows what "auto" would choose for a run trained with a fixed weight. ``--on test`` scores the
 run's test split instead, to report what a weight does; choosing a weight there would tune on the test set. The
-distance is scaled by the run's fitted ``distance_scale`` when it has one, else by the 0.9 / 0.999 quantiles of the
-held-out images' distance maps (what training would fit).
+distance is scaled by the run's fitted ``distance_scale`` when it has one, else by the app's ``distance_scale`` entry
+(the 0.9 / 0.999 quantiles) fitted on the held-out images' distance maps (what training would fit).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
 
     from apps.almrr.__main__ import APP
-    from ssmad.core import SsmadError, build
+    from apps.common.config import build_role, load_config
+    from ssmad.core import SsmadError
     from ssmad.scoring import METRICS, evaluate
 
     try:
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             maps = method.synthetic_maps([x.image for x in held], np.random.default_rng(seed), args.repeats)
             refined, dist, masks = maps["refined"], maps["distance"], maps["mask"]
             clean_dist = dist[maps["clean"] & (maps["repeat"] == 0)]
-    if not fitted:
-        scale = build("postprocess", "quantile_norm", q_low=0.9, q_high=0.999).fit(clean_dist)
+    if not fitted:                   # a run from before the distance_scale entry: the one the app ships, fitted here
+        scale = build_role(load_config(APP.app_dir, None, None, []), "distance_scale").fit(clean_dist)
     scaled = scale(dist)
     if args.on == "test":
         labels = np.array(test_labels)

@@ -43,6 +43,7 @@ from ..common.method import Method
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
 AUTO_REPEATS = 2                                       # synthetic anomalies per held-out image for that choice
+AUTO_MAX_IMAGES = 100                                  # held-out images it uses at most (a random subset already)
 
 
 class ALMRR(Method):
@@ -225,10 +226,12 @@ class ALMRR(Method):
 
     def choose_distance_weight(self, normal_images: list[torch.Tensor]) -> list[str]:
         """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on synthetic anomalies of
-        ``normal_images`` (ties: the smaller weight). Sets and records the choice; returns lines for the log."""
+        ``normal_images`` (the first ``AUTO_MAX_IMAGES``; ties: the smaller weight). Sets and records the choice;
+        returns lines for the log."""
         from ssmad.scoring import evaluate
 
         rng = np.random.default_rng(int(self.config["train"]["seed"]))
+        normal_images = normal_images[:AUTO_MAX_IMAGES]               # (bounds the time and memory of the choice)
         maps = self.synthetic_maps(normal_images, rng, AUTO_REPEATS)
         what = f"{len(normal_images)} held-out normal images x {AUTO_REPEATS} synthetic anomalies"
         if not maps["mask"].any():

@@ -109,6 +109,31 @@ class App:
         check_config(config)
         return config
 
+    #: what ``--set`` may change when a run resumes (the rest of its stored configuration is what it trained with)
+    RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
+                   "train.threshold_quantile")
+
+    def resume_config(self, args, config: dict[str, Any]) -> dict[str, Any]:
+        """The stored configuration of a resumed run with ``--epochs`` and the ``--set`` values of
+        :attr:`RESUME_KEYS`; any other change is a ConfigError, not silently ignored."""
+        from ssmad.core.files import apply_overrides
+
+        from .config import check_config
+
+        for flag in ("data", "category", "preset", "config", "batch_size", "image_size", "seed", "data_param"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag.replace('_', '-')}: --resume continues a run with the configuration it "
+                                  f"was trained with; start a new run (another --out) to change it")
+        for item in args.set:
+            key = item.split("=", 1)[0].strip()
+            if key not in self.RESUME_KEYS:
+                raise ConfigError(f"--set {key}: --resume keeps the run's configuration; it may change only "
+                                  f"{', '.join(self.RESUME_KEYS)}")
+        epochs = [] if args.epochs is None else [f"train.epochs={args.epochs}"]
+        config = apply_overrides(config, [*args.set, *epochs])
+        check_config(config)
+        return config
+
     def cmd_train(self, args) -> int:
         from ssmad.core.device import resolve_device
 
@@ -118,9 +143,7 @@ class App:
         if args.resume:
             run_dir = Path(args.out) if args.out else latest_run(self.name)
             ckpt = load_checkpoint(run_dir / "checkpoint.pt", self.name)
-            config = ckpt["config"]
-            if args.epochs is not None:
-                config["train"]["epochs"] = args.epochs
+            config = self.resume_config(args, ckpt["config"])
         else:
             config = self.train_config(args)
             run_dir = Path(args.out) if args.out else new_run_dir(self.name, config)

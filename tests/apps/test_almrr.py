@@ -157,11 +157,22 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run))
     assert code == 2 and "already holds a run" in err
-    code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--no-test")
+    # a resumed run keeps its configuration: what it may not change is one clear error, not silently ignored
+    for argv, needle in ((["--set", "train.lr=1"], "--set train.lr: --resume keeps"),
+                         (["--preset", "smoke"], "--preset"), (["--data", "demo"], "--data"),
+                         (["--seed", "3"], "--seed")):
+        code, _, err = run_app(APP, "train", "--resume", "--out", str(run), *argv, "--no-test")
+        assert code == 2 and err.startswith("error: ") and needle in err, err
+    code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--set",
+                             "train.max_minutes=30", "--no-test")
     assert code == 0, err
     assert "resumed from" in out and "epoch 2/2" in out
     hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2]
+    import tomllib
+
+    stored = tomllib.loads((run / "config.toml").read_text())["train"]
+    assert stored["max_minutes"] == 30 and stored["epochs"] == 2 and stored["lr"] != 1
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -44,6 +44,7 @@ REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
 AUTO_REPEATS = 2                                       # synthetic anomalies per held-out image for that choice
 AUTO_MAX_IMAGES = 100                                  # held-out images it uses at most (a random subset already)
+AUTO_FEW_IMAGES = 20                                   # below this many the log says the choice is noisy
 
 
 class ALMRR(Method):
@@ -247,7 +248,11 @@ class ALMRR(Method):
         self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()},
                               "images": len(normal_images)}
         table = ", ".join(f"{w:g}: {100 * v:.1f}" for w, v in ap.items())
-        return [f"method.distance_weight = auto: {best:g}, the highest pixel AP on {what} ({table})"]
+        lines = [f"method.distance_weight = auto: {best:g}, the highest pixel AP on {what} ({table})"]
+        if len(normal_images) < AUTO_FEW_IMAGES:
+            lines.append(f"note: only {len(normal_images)} held-out images, so this choice is noisy; hold out more "
+                         f"(train.val_fraction) or set method.distance_weight to a number")
+        return lines
 
     def distance_map(self, dist: torch.Tensor, size) -> torch.Tensor:
         """The raw distance (feature grid) → the reported map: ``distance_norm``, resized to ``size``,

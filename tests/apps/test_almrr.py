@@ -362,7 +362,7 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
     blend script scores the same maps."""
     import torch
 
-    from apps.almrr.method import AUTO_REPEATS
+    from apps.almrr.method import AUTO_FEW_IMAGES, AUTO_REPEATS
     from ssmad.scoring import evaluate
 
     run = tmp_path / "run"
@@ -379,6 +379,7 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
 
     # the choice, recomputed from the maps
     images = list(held_out_images(method))
+    assert ("this choice is noisy" in log) == (len(images) < AUTO_FEW_IMAGES)
     maps = method.synthetic_maps(images, np.random.default_rng(int(method.config["train"]["seed"])), AUTO_REPEATS)
     assert len(maps["mask"]) == 2 * AUTO_REPEATS * len(images) and maps["mask"].any()
     assert not maps["mask"][maps["clean"]].any() and int(maps["repeat"].max()) == AUTO_REPEATS - 1

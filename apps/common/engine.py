@@ -71,7 +71,9 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         train_seconds = float(ckpt.get("train_seconds", 0.0))
         torch.set_rng_state(ckpt["torch_rng"])
-        log(run_dir, f"resumed from {ckpt_path} after epoch {start_epoch}/{epochs}")
+        cut = bool(history) and start_epoch < history[-1]["epoch"] < start_epoch + 1
+        again = f" (epoch {start_epoch + 1}, cut short by train.max_minutes, runs again in full)" if cut else ""
+        log(run_dir, f"resumed from {ckpt_path} after epoch {start_epoch}/{epochs}{again}")
     log(run_dir, f"data: {config['data']['spec']} category={data.category or '-'}: {len(train_idx)} train, "
                  f"{len(val_idx)} validation, {len(data.test)} test images")
     log(run_dir, f"model: {method.describe()}; device {method.device}; {epochs} epochs x {len(dl)} steps")
@@ -122,8 +124,10 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         history.append(record)
         with open(run_dir / "history.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        # "epoch" counts completed epochs: one cut short by the time budget runs again in full on --resume
+        done = epoch + 1 if n_steps == len(dl) else epoch
         save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
+                                    "optimizer": optimizer.state_dict(), "epoch": done, "history": history,
                                     "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()})
         if out_of_time:
             break

@@ -218,6 +218,13 @@ def test_time_budget_stops_training_early(tmp_path, run_app):
     hist = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
     assert len(hist) == 1 and hist[0]["epoch"] < 1  # a partial first epoch, then model.pt
     assert (tmp_path / "r" / "model.pt").is_file()
+    # --resume with a new budget: the cut epoch runs again in full (the checkpoint counts completed epochs only)
+    code, out, err = run_app(APP, "train", "--resume", "--out", str(tmp_path / "r"), "--set", "train.max_minutes=0",
+                             "--no-test")
+    assert code == 0, err
+    assert "after epoch 0/3 (epoch 1, cut short by train.max_minutes, runs again in full)" in out
+    hist = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0.5, 1, 2, 3]
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(tmp_path, run_app, monkeypatch):

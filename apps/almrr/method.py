@@ -284,6 +284,13 @@ class ALMRR(Method):
             self.weight_choice = dict(state["distance_weight"])
             self.distance_weight = float(self.weight_choice["weight"])
 
+    def map_note(self) -> str | None:
+        if not self._scaled:
+            return None
+        how = "chosen after training" if self.auto_weight and self.weight_choice is not None else (
+            "auto, not chosen yet: the refined map alone" if self.auto_weight else "method.distance_weight")
+        return f"map = refined + {self.distance_weight:g} x scaled distance ({how})"
+
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
         return self.score(maps)

@@ -198,6 +198,7 @@ class App:
         results: dict[str, dict[str, float]] = {}
         branch_results: dict[str, dict[str, float]] = {}
         timing: dict[str, Any] = {}
+        notes: list[str] = []
         for run_dir in runs:
             if method is None or len(runs) > 1:
                 method, ckpt = self.load_method(run_dir, device)
@@ -213,6 +214,8 @@ class App:
             if name in results:
                 name = f"{name} ({run_dir.name})"
             results[name] = evaluate(labels, scores, masks, maps)
+            if (note := method.map_note()) is not None:
+                notes.append(note if len(runs) == 1 else f"{name}: {note}")
             for branch, bmaps in branches.items():  # e.g. VMPFD-AD's local-only and global-only maps
                 bscores = method.branch_score(bmaps)
                 branch_results[f"{name} [{branch} only]"] = evaluate(labels, bscores, masks, bmaps)
@@ -221,7 +224,8 @@ class App:
             if figures > 0:
                 names = [Path(p).name for p in data.test.paths]
                 save_worst(fig_dir, TestImages(data.test), maps, masks, labels, scores, names, k=figures)
-        json_path, md_path = write_metrics(out, results, title=f"apps.{self.name}")
+        title = f"apps.{self.name}" + (f" ({'; '.join(notes)})" if notes else "")
+        json_path, md_path = write_metrics(out, results, title=title)
         (out / "timing.json").write_text(json.dumps(timing, indent=2))
         print(md_path.read_text())
         if branch_results:  # each branch map alone, from the same model (its own table: not in the mean above)

@@ -70,6 +70,11 @@ class Method(ABC):
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         """Anomaly maps B×1×H×W at input resolution and scores B (called under ``torch.no_grad``)."""
 
+    def map_note(self) -> str | None:
+        """A setting of the map that the test report's title should state (e.g. a weight chosen after training), or
+        None."""
+        return None
+
     def branch_score(self, maps: np.ndarray) -> np.ndarray:
         """Image scores of a branch map reported alone (N×H×W numpy): its maximum. Methods whose own score is not the
         plain maximum override this, so that a branch scores as the method would score it."""

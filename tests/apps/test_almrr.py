@@ -46,6 +46,7 @@ def test_train_writes_run_and_report(smoke_run):
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1max"):
         assert key in blob
     assert (run / "report" / "metrics.md").read_text().count("|") > 10
+    assert (run / "report" / "metrics.md").read_text().startswith("# apps.almrr\n")   # (no distance weight)
     assert list((run / "report" / "figures").rglob("*.png"))
     assert "distance only" in (run / "report" / "branches" / "metrics.md").read_text()
 
@@ -406,6 +407,12 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
             refined = method.predict(batch)
     torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map
                                + choice["weight"] * method.distance_scale(blended.extras["distance"]))
+
+    # the test report's title states the weight; a run without a distance weight has the plain title
+    code, _, err = run_app(APP, "test", "--run", str(run), "--figures", "0", "--device", "cpu")
+    assert code == 0, err
+    title = (run / "report" / "metrics.md").read_text().splitlines()[0]
+    assert title == f"# apps.almrr (map = refined + {choice['weight']:g} x scaled distance (chosen after training))"
 
     # the blend script shows the run's choice and the same pixel APs
     import re

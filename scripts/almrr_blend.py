@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from apps.almrr.__main__ import APP
     from apps.common.config import build_role, load_config
+    from apps.common.engine import infer
     from ssmad.core import SsmadError
     from ssmad.scoring import METRICS, evaluate
 
@@ -72,19 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = method.weight_choice
     scale = method.distance_scale
     fitted = scale is not None and scale.fitted
-    method.distance_weight, method.auto_weight = 0.0, False         # the refined map alone; the blend is made below
     bs = method.eval_batch_size
     held = [data.train[i] for i in val_idx]
-    with torch.no_grad():
+    with method.refined_map_only(), torch.no_grad():               # the blend is made below
         if args.on == "test":
-            refined, dist, masks, test_labels = [], [], [], []
-            for chunk, images in image_batches(data.test, bs, method.device):
-                out = method.predict(images)
-                refined.append(out.anomaly_map.cpu())
-                dist.append(out.extras["distance"].cpu())
-                masks.append(torch.stack([sample.mask for sample in chunk]) > 0.5)
-                test_labels += [int(sample.label) for sample in chunk]
-            refined, dist, masks = torch.cat(refined), torch.cat(dist), torch.cat(masks)
+            _, maps, branches, info = infer(method, data.test, batch_size=bs, progress="test")
+            refined, dist = torch.from_numpy(maps)[:, None], torch.from_numpy(branches["distance"])[:, None]
+            masks, test_labels = torch.from_numpy(info["masks"])[:, None], data.test.labels
             clean_dist = None
             if not fitted:                                          # only the fallback scale needs them
                 clean_dist = torch.cat([method.distance_map(method.raw_distance(images), images.shape[-2:]).cpu()

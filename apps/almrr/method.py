@@ -27,7 +27,9 @@ chance.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -206,10 +208,8 @@ class ALMRR(Method):
         image of each draw (which the synthesiser may have rotated): ``refined`` (the refiner's map, no distance
         added) and ``distance`` (N×1×H×W, on the CPU), ``mask`` (N×1×H×W, > 0.5 anomalous), ``clean`` (N, bool) and
         ``repeat`` (N). Per repeat and batch of images: their anomalous versions, then their clean versions."""
-        weight, self.distance_weight, auto = self.distance_weight, 0.0, self.auto_weight
-        self.auto_weight = False                                   # the refined map alone, without warnings
         out: dict[str, list[torch.Tensor]] = {k: [] for k in ("refined", "distance", "mask", "clean", "repeat")}
-        try:
+        with self.refined_map_only():
             for rep in range(repeats):
                 for start in range(0, len(images), self.eval_batch_size):
                     items = [self._synthesise(im, rng) for im in images[start:start + self.eval_batch_size]]
@@ -221,9 +221,18 @@ class ALMRR(Method):
                         out["mask"].append(torch.zeros_like(mask) if is_clean else mask)
                         out["clean"].append(torch.full((len(items),), is_clean))
                         out["repeat"].append(torch.full((len(items),), rep))
-        finally:
-            self.distance_weight, self.auto_weight = weight, auto
         return {k: torch.cat(v) for k, v in out.items()}
+
+    @contextlib.contextmanager
+    def refined_map_only(self) -> Iterator[None]:
+        """Within: ``predict``'s map is the refined map alone, whatever the distance weight (and without warnings
+        about it); the weight and the "auto" state come back on exit."""
+        saved = self.distance_weight, self.auto_weight
+        self.distance_weight, self.auto_weight = 0.0, False
+        try:
+            yield
+        finally:
+            self.distance_weight, self.auto_weight = saved
 
     def choose_distance_weight(self, normal_images: list[torch.Tensor]) -> list[str]:
         """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on synthetic anomalies of

@@ -28,13 +28,15 @@ def test_tokens_map_round_trip_keeps_positions(b, c, h, w):
 
 
 @settings(max_examples=20, deadline=None)
-@given(b=st.integers(1, 2), c=st.integers(1, 4), p=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4))
-def test_patch_tokens_are_the_strided_convolution(b, c, p, h, w):
+@given(b=st.integers(1, 2), c=st.integers(1, 4), p=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4),
+       extra=st.integers(0, 3))
+def test_patch_tokens_are_the_strided_convolution(b, c, p, h, w, extra):
     """The embedding's matrix product equals the Conv2d (kernel = stride = patch) it stands for, token order and
-    gradients included, also on a grid other than the built one."""
+    gradients included, also on a grid other than the built one and on sizes that are no multiple of the patch
+    (the convolution drops the remainder)."""
     torch.manual_seed(b * 1000 + c * 100 + p * 10 + h)
     enc = ViMEncoder(c, (2 * p, 3 * p), p, d_model=5, depth=0).double()
-    x = torch.randn(b, c, h * p, w * p, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(b, c, h * p + extra % p, w * p + extra // 2 % p, dtype=torch.float64, requires_grad=True)
     tokens, hw = enc.patch_tokens(x)
     want, want_hw = map_to_tokens(enc.patch_embed(x))
     assert hw == want_hw == (h, w)

@@ -169,6 +169,7 @@ class ViMEncoder(nn.Module):
         b, c, height, width = x.shape
         p = self.patch_size
         h, w = height // p, width // p
+        x = x[:, :, : h * p, : w * p]                # like the convolution, drop rows/columns short of a patch
         patches = x.reshape(b, c, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * p * p)
         conv = self.patch_embed
         return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias), (h, w)

@@ -49,6 +49,11 @@ AUTO_MAX_IMAGES = 100                                  # held-out images it uses
 AUTO_FEW_IMAGES = 20                                   # below this many the log says the choice is noisy
 
 
+def _is_weight(value: Any) -> bool:
+    """A distance weight: a finite number >= 0 (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
 class ALMRR(Method):
     app = "almrr"
     alternatives = {
@@ -97,8 +102,7 @@ class ALMRR(Method):
         self.weight_candidates = self._candidates(m.get("distance_weight_candidates", list(AUTO_WEIGHTS)))
         self.weight_choice: dict[str, Any] | None = None     # what "auto" chose, and the pixel AP of each candidate
         self.distance_weight = 0.0 if self.auto_weight or "distance_weight" not in m else float(section_value(
-            config, "method", "distance_weight", (int, float), lambda v: 0 <= v < float("inf"),
-            'a number >= 0 or "auto"'))
+            config, "method", "distance_weight", (int, float), _is_weight, 'a number >= 0 or "auto"'))
         if self._scaled and self.distance_scale is None:
             raise ConfigError("method.distance_weight > 0 or \"auto\" adds the scaled distance map to the refined map "
                               "and needs the pipeline.distance_scale role (quantile_norm); enable it or set "
@@ -122,9 +126,7 @@ class ALMRR(Method):
 
     @staticmethod
     def _candidates(value: Any) -> list[float]:
-        if (not isinstance(value, list) or not value
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf")
-                       for v in value)):
+        if not isinstance(value, list) or not value or not all(map(_is_weight, value)):
             raise ConfigError(f"config: method.distance_weight_candidates must be a non-empty list of numbers >= 0, "
                               f"got {value!r}")
         return sorted({float(v) for v in value})

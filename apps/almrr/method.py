@@ -49,6 +49,12 @@ AUTO_MAX_IMAGES = 100                                  # held-out images it uses
 AUTO_FEW_IMAGES = 20                                   # below this many the log says the choice is noisy
 
 
+def _pixel_ap(mask: torch.Tensor, amap: torch.Tensor) -> float:
+    from ssmad.scoring import evaluate
+
+    return float(evaluate(None, None, mask, amap, ["pixel_ap"])["pixel_ap"])
+
+
 def _is_weight(value: Any) -> bool:
     """A distance weight: a finite number >= 0 (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
@@ -209,7 +215,8 @@ class ALMRR(Method):
         """The maps of ``repeats`` synthetic anomalies of every image, made by the run's synthesiser, and of the clean
         image of each draw (which the synthesiser may have rotated): ``refined`` (the refiner's map, no distance
         added) and ``distance`` (N×1×H×W, on the CPU), ``mask`` (N×1×H×W, > 0.5 anomalous), ``clean`` (N, bool) and
-        ``repeat`` (N). Per repeat and batch of images: their anomalous versions, then their clean versions."""
+        ``repeat`` (N). Per repeat and batch of images: their anomalous versions, then their clean versions. Without
+        a refiner both maps are the distance map."""
         out: dict[str, list[torch.Tensor]] = {k: [] for k in ("refined", "distance", "mask", "clean", "repeat")}
         with self.refined_map_only():
             for rep in range(repeats):
@@ -218,7 +225,7 @@ class ALMRR(Method):
                     for key, is_clean in (("anomalous", False), ("clean", True)):
                         pred = self.predict(torch.stack([it[key] for it in items]).to(self.device))
                         out["refined"].append(pred.anomaly_map.cpu())
-                        out["distance"].append(pred.extras["distance"].cpu())
+                        out["distance"].append(pred.extras.get("distance", pred.anomaly_map).cpu())
                         mask = torch.stack([it["mask"] for it in items]) > 0.5
                         out["mask"].append(torch.zeros_like(mask) if is_clean else mask)
                         out["clean"].append(torch.full((len(items),), is_clean))
@@ -240,8 +247,6 @@ class ALMRR(Method):
         """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on synthetic anomalies of
         ``normal_images`` (the first ``AUTO_MAX_IMAGES``; ties: the smaller weight). Sets and records the choice;
         returns lines for the log."""
-        from ssmad.scoring import evaluate
-
         rng = np.random.default_rng(int(self.config["train"]["seed"]))
         normal_images = normal_images[:AUTO_MAX_IMAGES]               # (bounds the time and memory of the choice)
         maps = self.synthetic_maps(normal_images, rng, AUTO_REPEATS)
@@ -252,8 +257,7 @@ class ALMRR(Method):
             return [f"method.distance_weight = auto: the synthesiser made no anomaly in {what}; weight 0 (the refined "
                     f"map alone)"]
         scaled = self.distance_scale(maps["distance"])
-        ap = {w: float(evaluate(None, None, maps["mask"], maps["refined"] + w * scaled, ["pixel_ap"])["pixel_ap"])
-              for w in self.weight_candidates}
+        ap = {w: _pixel_ap(maps["mask"], maps["refined"] + w * scaled) for w in self.weight_candidates}
         best = max(self.weight_candidates, key=lambda w: (ap[w], -w))
         self.distance_weight = best
         self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()},
@@ -264,6 +268,25 @@ class ALMRR(Method):
             lines.append(f"note: only {len(normal_images)} held-out images, so this choice is noisy; hold out more "
                          f"(train.val_fraction) or set method.distance_weight to a number")
         return lines
+
+    can_validate = True
+
+    @torch.no_grad()
+    def validation_score(self, normal_images: list[torch.Tensor]) -> tuple[float, str]:
+        """The pixel AP, on ``AUTO_REPEATS`` synthetic anomalies of each of ``normal_images`` (seeded by
+        ``train.seed``: the same anomalies every epoch), of the map ``predict`` would make if training ended here:
+        the distance statistics fitted and ("auto") the weight chosen on these images, as ``after_training`` does."""
+        what = f"pixel AP on synthetic anomalies of {len(normal_images)} held-out images"
+        self.after_training(normal_images)
+        if self.auto_weight and self.weight_choice is not None:
+            weight = self.distance_weight
+            return self.weight_choice["pixel_ap"].get(str(weight), 0.0), f"{what} (weight {weight:g} chosen on them)"
+        maps = self.synthetic_maps(normal_images, np.random.default_rng(int(self.config["train"]["seed"])),
+                                   AUTO_REPEATS)
+        amap = maps["refined"]
+        if self._scaled and self.distance_weight > 0:
+            amap = amap + self.distance_weight * self.distance_scale(maps["distance"])
+        return (_pixel_ap(maps["mask"], amap) if maps["mask"].any() else 0.0), what
 
     def distance_map(self, dist: torch.Tensor, size) -> torch.Tensor:
         """The raw distance (feature grid) → the reported map: ``distance_norm``, resized to ``size``,

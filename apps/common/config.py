@@ -91,6 +91,9 @@ def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict
 
 
 NUMBER = (int, float)
+#: train.select: keep the last epoch's model, or the epoch whose model scores best on held-out normal images with
+#: synthetic anomalies (methods with Method.validation_score only)
+SELECT = ("last", "best")
 TRAIN_KEYS = {  # key: (types, predicate, description)
     "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
@@ -103,13 +106,19 @@ TRAIN_KEYS = {  # key: (types, predicate, description)
     "workers": (int, lambda v: v >= 0, "an integer >= 0"),
     "log_every_s": (NUMBER, lambda v: v >= 0, "a number >= 0"),
     "max_minutes": (NUMBER, lambda v: v >= 0, "a number >= 0 (0: no time limit)"),
+    "select": (str, lambda v: v in SELECT, f"one of {', '.join(repr(v) for v in SELECT)}"),
+    "select_images": (int, lambda v: v >= 1, "an integer >= 1"),
 }
+#: keys that configurations written before them lack, and their values for those configurations
+TRAIN_DEFAULTS = {"select": "last", "select_images": 32}
 
 
 def check_config(config: dict[str, Any]) -> None:
     for section in SECTIONS:
         if section not in config:
             raise ConfigError(f"config: missing section [{section}]")
+    for key, value in TRAIN_DEFAULTS.items():
+        config["train"].setdefault(key, value)
     for key, (types, check, what) in TRAIN_KEYS.items():
         section_value(config, "train", key, types, check, what)
     unknown = [k for k in config["train"] if k not in TRAIN_KEYS]

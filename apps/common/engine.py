@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssmad.core import DataError, TrainingError
+from ssmad.core import ConfigError, DataError, TrainingError
 
 from .data import Images, TrainItems, loader, open_data, split_validation
 from .method import Method
@@ -50,6 +50,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     seed_everything(seed)
     data = open_data(config) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
+    selector = Selector(method, config, run_dir, [data.train[i].image for i in val_idx])
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
@@ -71,6 +72,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         train_seconds = float(ckpt.get("train_seconds", 0.0))
         torch.set_rng_state(ckpt["torch_rng"])
+        selector.resume(ckpt.get("best"))
         cut = bool(history) and start_epoch < history[-1]["epoch"] < start_epoch + 1
         again = f" (epoch {start_epoch + 1}, cut short by train.max_minutes, runs again in full)" if cut else ""
         log(run_dir, f"resumed from {ckpt_path} after epoch {start_epoch}/{epochs}{again}")
@@ -121,6 +123,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         n_steps = step + 1
         record = {"epoch": epoch + 1 if not out_of_time else round(epoch + n_steps / len(dl), 3),
                   **{k: v / n_steps for k, v in sums.items()}, "seconds": round(time.perf_counter() - t_epoch, 2)}
+        selector.after_epoch(record)
         history.append(record)
         with open(run_dir / "history.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -128,11 +131,13 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         done = epoch + 1 if n_steps == len(dl) else epoch
         save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
                                     "optimizer": optimizer.state_dict(), "epoch": done, "history": history,
-                                    "train_seconds": train_seconds, "torch_rng": torch.get_rng_state()})
+                                    "train_seconds": train_seconds, "torch_rng": torch.get_rng_state(),
+                                    "best": selector.best})
         if out_of_time:
             break
-    # statistics on normal validation images, then decision thresholds
+    # the selected epoch's model, statistics on normal validation images, then decision thresholds
     method.train(False)
+    selected = selector.restore(history)
     val_images = [data.train[i].image for i in val_idx]
     for line in method.after_training(val_images) or []:
         log(run_dir, line)
@@ -143,11 +148,79 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     epochs_done = history[-1]["epoch"] if history else 0
     payload = {"app": method.app, "config": config, "state": method.state_dict(), "epoch": epochs_done,
                "history": history, "train_seconds": train_seconds, "thresholds": thresholds,
-               "n_train": len(train_idx), "n_val": len(val_idx)}
+               "n_train": len(train_idx), "n_val": len(val_idx), "selected_epoch": selected}
     save_checkpoint(run_dir / "model.pt", payload)
-    log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model written to "
+    kept = "" if selected == epochs_done else f" (the model of epoch {selected}, train.select = best)"
+    log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
     return payload
+
+
+SELECT_FEW_IMAGES = 20        # train.select = "best" on fewer held-out images says its choice is noisy
+
+
+class Selector:
+    """``train.select``: with "best", scores the model after every epoch (:meth:`Method.validation_score` on the
+    first ``train.select_images`` held-out normal images), keeps the best one's state in ``best.pt`` and brings it
+    back when training ends; with "last", nothing. The scoring time counts toward ``train.max_minutes``."""
+
+    def __init__(self, method: Method, config: dict[str, Any], run_dir: Path, normal_images: list[torch.Tensor]):
+        t = config["train"]
+        self.method, self.run_dir, self.path = method, run_dir, run_dir / "best.pt"
+        self.active = t.get("select", "last") == "best"
+        self.best: dict[str, float] | None = None          # {"epoch", "score"} of the model in best.pt
+        if not self.active:
+            return
+        if not method.can_validate:
+            raise ConfigError(f'train.select = "best": {method.app} has no validation score to select an epoch by; '
+                              f'use train.select = "last"')
+        if not normal_images:
+            raise ConfigError('train.select = "best" scores every epoch on held-out normal images, and '
+                              'train.val_fraction holds out none; raise train.val_fraction or use '
+                              'train.select = "last"')
+        self.images = normal_images[: int(t.get("select_images", 32))]
+        few = (f"; only {len(self.images)}, so the choice is noisy (raise train.val_fraction)"
+               if len(self.images) < SELECT_FEW_IMAGES else "")
+        log(run_dir, f"train.select = best: every epoch's model is scored on {len(self.images)} held-out normal "
+                     f"images{few}")
+
+    def resume(self, best: dict[str, float] | None) -> None:
+        if not self.active or best is None:
+            return
+        if self.path.is_file():
+            self.best = dict(best)
+        else:
+            log(self.run_dir, f"warning: {self.path} is missing, so the best model before this resume is lost; "
+                              f"train.select = best chooses among the epochs from here on")
+
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        """Score the model of the epoch that ``record`` ends; record the score; keep the model when it is the best."""
+        if not self.active:
+            return
+        t0 = time.perf_counter()
+        self.method.train(False)
+        score, what = self.method.validation_score(self.images)
+        record["select"] = score
+        best = self.best is None or score > self.best["score"]
+        if best:
+            self.best = {"epoch": record["epoch"], "score": score}
+            save_checkpoint(self.path, {"app": self.method.app, "state": self.method.state_dict(), **self.best})
+        log(self.run_dir, f"epoch {record['epoch']}: {what} {100 * score:.1f}"
+                          f"{' (best so far, kept in ' + self.path.name + ')' if best else ''} "
+                          f"[{time.perf_counter() - t0:.0f} s]")
+
+    def restore(self, history: list[dict[str, Any]]) -> float:
+        """Load the best model when it is not the last one; return the epoch of the model kept."""
+        last = history[-1]["epoch"] if history else 0
+        if not self.active or self.best is None or self.best["epoch"] == last:
+            return last
+        ckpt = load_checkpoint(self.path, self.method.app)
+        self.method.load_state_dict(ckpt["state"])
+        last_score = history[-1].get("select")
+        log(self.run_dir, f"train.select = best: the model of epoch {self.best['epoch']} (score "
+                          f"{100 * self.best['score']:.1f}) is kept, not the last one (epoch {last}"
+                          f"{'' if last_score is None else f', score {100 * last_score:.1f}'})")
+        return self.best["epoch"]
 
 
 def decision_thresholds(scores: np.ndarray, maps: np.ndarray, q: float) -> dict[str, float]:

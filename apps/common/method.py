@@ -65,6 +65,16 @@ class Method(ABC):
         """Fit statistics (normalisation quantiles...) on normal validation images; lines it returns go to the
         training log. Default: nothing."""
 
+    #: whether :meth:`validation_score` exists (``train.select = "best"`` needs it)
+    can_validate: bool = False
+
+    def validation_score(self, normal_images: list[torch.Tensor]) -> tuple[float, str]:
+        """(score, what it is) of the model as it stands, higher is better, from held-out normal images only (never
+        the test set): ``train.select = "best"`` keeps the epoch that scores highest. May fit what
+        :meth:`after_training` fits (it runs again on all held-out images once training ends). Methods that set
+        :attr:`can_validate` override this."""
+        raise NotImplementedError(f"{self.app} has no validation score")
+
     # -- inference --------------------------------------------------------------------------------------
     @abstractmethod
     def predict(self, images: torch.Tensor) -> AnomalyOutput:

@@ -437,3 +437,86 @@ def test_same_seed_same_training(tmp_path, run_app):
     first = history("a", "3")
     assert history("b", "3") == first
     assert history("c", "4") != first
+
+
+def _history(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, run_app, monkeypatch):
+    """train.select = "best": the model of the epoch that scores best is the one model.pt holds, also when the best
+    epoch came before a --resume; the scores are in the history and the log."""
+    import copy
+
+    import torch
+
+    from apps.almrr.method import ALMRR
+
+    scores = iter([0.2, 0.9, 0.4, 0.1])
+    seen: dict[int, dict] = {}
+
+    def scripted(self, images):
+        seen[len(seen) + 1] = copy.deepcopy(self.state_dict()["modules"])
+        return next(scores), "scripted score"
+
+    monkeypatch.setattr(ALMRR, "validation_score", scripted)
+    run = tmp_path / "r"
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--set", 'train.select="best"', "--epochs", "3",
+                             "--out", str(run), "--no-test", "--device", "cpu")
+    assert code == 0, err
+    assert [h["select"] for h in _history(run)] == [0.2, 0.9, 0.4]
+    assert "epoch 2: scripted score 90.0 (best so far, kept in best.pt)" in out
+    assert "the model of epoch 2 (score 90.0) is kept, not the last one (epoch 3, score 40.0)" in out
+
+    def kept(name: str) -> dict:
+        return torch.load(run / name, weights_only=True)["state"]["modules"]
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(kept("model.pt"), seen[2]) and not same(kept("model.pt"), seen[3])
+    assert torch.load(run / "model.pt", weights_only=True)["selected_epoch"] == 2
+    # a resumed run still knows its best epoch (and best.pt): epoch 4 scores lower, so epoch 2 stays
+    code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "4", "--no-test")
+    assert code == 0, err
+    assert [h["select"] for h in _history(run)] == [0.2, 0.9, 0.4, 0.1]
+    assert "the model of epoch 2" in out and same(kept("model.pt"), seen[2])
+
+
+def test_select_best_scores_without_changing_the_training(tmp_path, run_app):
+    """The real score: the pixel AP on synthetic anomalies of the held-out images of the map predict makes (here a
+    fixed distance weight), recorded per epoch; scoring leaves the training itself as it was (same losses)."""
+    import torch
+
+    def train(name: str, *argv: str) -> list[dict]:
+        code, _, err = run_app(APP, "train", "--preset", "smoke", "--epochs", "2", "--set",
+                               "method.distance_weight=0.5", *argv, "--no-test", "--out", str(tmp_path / name),
+                               "--device", "cpu")
+        assert code == 0, err
+        return _history(tmp_path / name)
+
+    plain = train("last")
+    best = train("best", "--set", 'train.select="best"')
+    assert [{k: v for k, v in h.items() if k not in ("seconds", "select")} for h in best] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in plain]
+    assert all(0 <= h["select"] <= 1 for h in best) and not (tmp_path / "last" / "best.pt").exists()
+    log = (tmp_path / "best" / "train.log").read_text()
+    assert "pixel AP on synthetic anomalies of 1 held-out images" in log
+    # the kept model scores what its epoch recorded (the smoke run holds out one image: the scored set is all of them)
+    method, ckpt = APP.load_method(tmp_path / "best", torch.device("cpu"))
+    selected = ckpt["selected_epoch"]
+    score, _ = method.validation_score(list(held_out_images(method)))
+    assert score == pytest.approx(next(h["select"] for h in best if h["epoch"] == selected))
+    assert score == max(h["select"] for h in best)
+
+
+@pytest.mark.parametrize("setting, needle", [
+    (['train.select="bset"'], "train.select must be one of 'last', 'best'"),
+    (['train.select="best"', "train.val_fraction=0"], "train.val_fraction holds out none"),
+    (['train.select="best"', "train.select_images=0"], "train.select_images"),
+])
+def test_select_errors(setting, needle, tmp_path, run_app):
+    argv = [a for s in setting for a in ("--set", s)]
+    code, out, err = run_app(APP, "train", "--preset", "smoke", *argv, "--out", str(tmp_path / "r"), "--no-test")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err

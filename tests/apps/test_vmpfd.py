@@ -171,3 +171,9 @@ def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     assert all(0 <= float(x) <= 100 for r in rows for x in r[2:])
     assert script.main([str(tmp_path)]) == 2
     assert "model.pt not found" in capsys.readouterr().err
+
+
+def test_select_best_needs_a_validation_score(tmp_path, run_app):
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", 'train.select="best"', "--out",
+                           str(tmp_path / "r"), "--no-test")
+    assert code == 2 and 'train.select = "best": vmpfd has no validation score' in err, err

@@ -13,11 +13,13 @@ from .metrics import (
                       IMAGE_METRICS,
                       METRICS,
                       PIXEL_METRICS,
+                      GroupedAP,
                       Metric,
                       MetricResults,
                       MetricUndefinedWarning,
                       aupro,
                       binarize_masks,
+                      bootstrap_difference,
                       evaluate,
                       pixel_metrics,
 )
@@ -36,12 +38,12 @@ from .postprocess import (
                       gaussian_kernel1d,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",
-    "GaussianConfig", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError", "PositionNorm",
-    "PositionNormConfig", "QuantileNorm",
-    "QuantileNormConfig", "WeightedFusion", "WeightedFusionConfig", "aupro", "binarize_masks", "evaluate",
-    "gaussian_kernel1d", "pixel_metrics",
+    "GaussianConfig", "GroupedAP", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError",
+    "PositionNorm", "PositionNormConfig", "QuantileNorm", "QuantileNormConfig", "WeightedFusion",
+    "WeightedFusionConfig", "aupro", "binarize_masks", "bootstrap_difference", "evaluate", "gaussian_kernel1d",
+    "pixel_metrics",
 ]

@@ -375,3 +375,52 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r})"
+
+
+# ---- average precision re-weighted by group (a bootstrap over images) -----------------------------------------
+
+class GroupedAP:
+    """The average precision of scored pixels that belong to groups (e.g. the images they come from), recomputed
+    for any weight per group without sorting again: ``ap(weights)`` counts every pixel of group ``g``
+    ``weights[g]`` times, so a bootstrap over groups is a multinomial draw of weights. ``ap()`` is the plain AP.
+
+    Tied scores are ranked in their given order rather than as one threshold (as ``pixel_ap`` does), which is
+    what a resampling estimate needs and differs only where scores tie exactly.
+    """
+
+    def __init__(self, scores: Any, labels: Any, groups: Any) -> None:
+        s = to_numpy(scores, "scores").reshape(-1)
+        y = to_numpy(labels, "labels").reshape(-1).astype(bool)
+        g = to_numpy(groups, "groups").reshape(-1).astype(np.int64)
+        if not s.size == y.size == g.size:
+            raise DataError(f"GroupedAP: scores, labels and groups differ in size ({s.size}, {y.size}, {g.size})")
+        if g.size and g.min() < 0:
+            raise DataError("GroupedAP: groups must be indices >= 0")
+        order = np.argsort(-_finite_float(s, "scores"), kind="stable")
+        self.positive = y[order]
+        self.groups = g[order]
+        self.n_groups = int(g.max()) + 1 if g.size else 0
+
+    def ap(self, weights: Any = None) -> float:
+        w = np.ones(self.groups.size) if weights is None else np.asarray(weights, np.float64)[self.groups]
+        wp = np.where(self.positive, w, 0.0)
+        total_pos = wp.sum()
+        if total_pos <= 0:
+            return float("nan")
+        precision = np.cumsum(wp) / np.maximum(np.cumsum(w), 1e-12)
+        return float(np.dot(wp, precision) / total_pos)
+
+
+def bootstrap_difference(a: GroupedAP, b: GroupedAP, reps: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(AP(a) − AP(b), its standard error) by a paired bootstrap over the groups both share: every draw weighs a
+    group the same in both, so what the two have in common (hard images, easy ones) cancels out. With a single
+    group the error is unknown: infinite."""
+    if a.n_groups != b.n_groups:
+        raise DataError(f"bootstrap_difference: both need the same groups, got {a.n_groups} and {b.n_groups}")
+    n = a.n_groups
+    if n < 2:
+        return a.ap() - b.ap(), float("inf")
+    rng = np.random.default_rng(seed)
+    diffs = [a.ap(w) - b.ap(w) for w in (np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(reps))]
+    diffs = np.asarray([d for d in diffs if np.isfinite(d)])
+    return a.ap() - b.ap(), float(diffs.std(ddof=1)) if diffs.size > 1 else float("inf")

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 
 from ssmad.core import AnomalyOutput, ConfigError, Sample
 from ssmad.heads.losses import dice_loss, focal_loss
+from ssmad.scoring import GroupedAP
 
 from ..common.config import build_role, component, section_value
-from ..common.method import Method
+from ..common.method import Method, Validation
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
@@ -194,9 +195,18 @@ class ALMRR(Method):
     @torch.no_grad()
     def after_training(self, normal_images: list[torch.Tensor]) -> list[str]:
         """Fit ``distance_norm`` on the normal images' raw distances, then (``distance_weight`` > 0 or "auto")
-        ``distance_scale`` on their distance maps as ``predict`` makes them, then ("auto") choose the weight."""
-        if not normal_images:
+        ``distance_scale`` on their distance maps as ``predict`` makes them, then ("auto") choose the weight on
+        synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which bounds the time and memory of the choice)."""
+        if not self._fit_distance(normal_images) or not self.auto_weight:
             return []
+        images = normal_images[:AUTO_MAX_IMAGES]
+        return self.choose_distance_weight(self.synthetic_maps(images, self._synthetic_rng(), AUTO_REPEATS),
+                                           len(images))
+
+    def _fit_distance(self, normal_images: list[torch.Tensor]) -> bool:
+        """The fits of :meth:`after_training`; whether ``distance_scale`` was fitted (a weight > 0 or "auto")."""
+        if not normal_images:
+            return False
         size = normal_images[0].shape[-2:]
         raw = []
         for i in range(0, len(normal_images), self.eval_batch_size):
@@ -205,19 +215,25 @@ class ALMRR(Method):
         if self.distance_norm is not None:
             self.distance_norm.fit(torch.cat(raw).cpu())
         if not self._scaled:
-            return []
+            return False
         self.distance_scale.fit(torch.cat([self.distance_map(r, size).cpu() for r in raw]))
-        return self.choose_distance_weight(normal_images) if self.auto_weight else []
+        return True
+
+    def _synthetic_rng(self) -> np.random.Generator:
+        """The rng of the synthetic anomalies that choose and validate: seeded by ``train.seed``, so the same
+        anomalies every time."""
+        return np.random.default_rng(int(self.config["train"]["seed"]))
 
     @torch.no_grad()
     def synthetic_maps(self, images: list[torch.Tensor], rng: np.random.Generator,
                        repeats: int) -> dict[str, torch.Tensor]:
         """The maps of ``repeats`` synthetic anomalies of every image, made by the run's synthesiser, and of the clean
         image of each draw (which the synthesiser may have rotated): ``refined`` (the refiner's map, no distance
-        added) and ``distance`` (N×1×H×W, on the CPU), ``mask`` (N×1×H×W, > 0.5 anomalous), ``clean`` (N, bool) and
-        ``repeat`` (N). Per repeat and batch of images: their anomalous versions, then their clean versions. Without
-        a refiner both maps are the distance map."""
-        out: dict[str, list[torch.Tensor]] = {k: [] for k in ("refined", "distance", "mask", "clean", "repeat")}
+        added) and ``distance`` (N×1×H×W, on the CPU), ``mask`` (N×1×H×W, > 0.5 anomalous), ``clean`` (N, bool),
+        ``repeat`` (N) and ``image`` (N, the index of the image in ``images``). Per repeat and batch of images:
+        their anomalous versions, then their clean versions. Without a refiner both maps are the distance map."""
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in ("refined", "distance", "mask", "clean", "repeat",
+                                                              "image")}
         with self.refined_map_only():
             for rep in range(repeats):
                 for start in range(0, len(images), self.eval_batch_size):
@@ -230,6 +246,7 @@ class ALMRR(Method):
                         out["mask"].append(torch.zeros_like(mask) if is_clean else mask)
                         out["clean"].append(torch.full((len(items),), is_clean))
                         out["repeat"].append(torch.full((len(items),), rep))
+                        out["image"].append(torch.arange(start, start + len(items)))
         return {k: torch.cat(v) for k, v in out.items()}
 
     @contextlib.contextmanager
@@ -243,50 +260,50 @@ class ALMRR(Method):
         finally:
             self.distance_weight, self.auto_weight = saved
 
-    def choose_distance_weight(self, normal_images: list[torch.Tensor]) -> list[str]:
-        """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on synthetic anomalies of
-        ``normal_images`` (the first ``AUTO_MAX_IMAGES``; ties: the smaller weight). Sets and records the choice;
-        returns lines for the log."""
-        rng = np.random.default_rng(int(self.config["train"]["seed"]))
-        normal_images = normal_images[:AUTO_MAX_IMAGES]               # (bounds the time and memory of the choice)
-        maps = self.synthetic_maps(normal_images, rng, AUTO_REPEATS)
-        what = f"{len(normal_images)} held-out normal images x {AUTO_REPEATS} synthetic anomalies"
+    def choose_distance_weight(self, maps: dict[str, torch.Tensor], n_images: int) -> list[str]:
+        """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on the synthetic-anomaly
+        ``maps`` (:meth:`synthetic_maps` of ``n_images`` held-out images; ties: the smaller weight). Sets and records
+        the choice; returns lines for the log."""
+        what = f"{n_images} held-out normal images x {AUTO_REPEATS} synthetic anomalies"
         if not maps["mask"].any():
             self.distance_weight = 0.0
-            self.weight_choice = {"weight": 0.0, "pixel_ap": {}, "images": len(normal_images)}
+            self.weight_choice = {"weight": 0.0, "pixel_ap": {}, "images": n_images}
             return [f"method.distance_weight = auto: the synthesiser made no anomaly in {what}; weight 0 (the refined "
                     f"map alone)"]
         scaled = self.distance_scale(maps["distance"])
         ap = {w: _pixel_ap(maps["mask"], maps["refined"] + w * scaled) for w in self.weight_candidates}
         best = max(self.weight_candidates, key=lambda w: (ap[w], -w))
         self.distance_weight = best
-        self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()},
-                              "images": len(normal_images)}
+        self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()}, "images": n_images}
         table = ", ".join(f"{w:g}: {100 * v:.1f}" for w, v in ap.items())
         lines = [f"method.distance_weight = auto: {best:g}, the highest pixel AP on {what} ({table})"]
-        if len(normal_images) < AUTO_FEW_IMAGES:
-            lines.append(f"note: only {len(normal_images)} held-out images, so this choice is noisy; hold out more "
+        if n_images < AUTO_FEW_IMAGES:
+            lines.append(f"note: only {n_images} held-out images, so this choice is noisy; hold out more "
                          f"(train.val_fraction) or set method.distance_weight to a number")
         return lines
 
     can_validate = True
 
     @torch.no_grad()
-    def validation_score(self, normal_images: list[torch.Tensor]) -> tuple[float, str]:
+    def validation_score(self, normal_images: list[torch.Tensor]) -> Validation:
         """The pixel AP, on ``AUTO_REPEATS`` synthetic anomalies of each of ``normal_images`` (seeded by
-        ``train.seed``: the same anomalies every epoch), of the map ``predict`` would make if training ended here:
+        ``train.seed``: the same anomalies every time), of the map ``predict`` would make if training ended here:
         the distance statistics fitted and ("auto") the weight chosen on these images, as ``after_training`` does."""
         what = f"pixel AP on synthetic anomalies of {len(normal_images)} held-out images"
-        self.after_training(normal_images)
-        if self.auto_weight and self.weight_choice is not None:
-            weight = self.distance_weight
-            return self.weight_choice["pixel_ap"].get(str(weight), 0.0), f"{what} (weight {weight:g} chosen on them)"
-        maps = self.synthetic_maps(normal_images, np.random.default_rng(int(self.config["train"]["seed"])),
-                                   AUTO_REPEATS)
+        scaled = self._fit_distance(normal_images)
+        maps = self.synthetic_maps(normal_images, self._synthetic_rng(), AUTO_REPEATS)
+        if scaled and self.auto_weight:
+            self.choose_distance_weight(maps, len(normal_images))
+            what += f" (weight {self.distance_weight:g} chosen on them)"
         amap = maps["refined"]
-        if self._scaled and self.distance_weight > 0:
+        if scaled and self.distance_weight > 0:
             amap = amap + self.distance_weight * self.distance_scale(maps["distance"])
-        return (_pixel_ap(maps["mask"], amap) if maps["mask"].any() else 0.0), what
+        if not maps["mask"].any():
+            return Validation(0.0, what + ": no anomaly was made")
+        # every second pixel each way: a quarter of the memory for the paired comparison, no visible loss
+        sub = (slice(None), 0, slice(None, None, 2), slice(None, None, 2))
+        grouped = GroupedAP(amap[sub], maps["mask"][sub], maps["image"][:, None, None].expand_as(amap[sub]))
+        return Validation(_pixel_ap(maps["mask"], amap), what, grouped)
 
     def distance_map(self, dist: torch.Tensor, size) -> torch.Tensor:
         """The raw distance (feature grid) → the reported map: ``distance_norm``, resized to ``size``,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -157,12 +158,15 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
 
 
 SELECT_FEW_IMAGES = 20        # train.select = "best" on fewer held-out images says its choice is noisy
+SELECT_COMPARE_MAX = 100      # held-out images on which the best epoch and the last are compared, at most
+SELECT_BOOTSTRAP = 200        # bootstrap draws of that comparison
 
 
 class Selector:
     """``train.select``: with "best", scores the model after every epoch (:meth:`Method.validation_score` on the
-    first ``train.select_images`` held-out normal images), keeps the best one's state in ``best.pt`` and brings it
-    back when training ends; with "last", nothing. The scoring time counts toward ``train.max_minutes``."""
+    first ``train.select_images`` held-out normal images), keeps the best one's state in ``best.pt``, and when
+    training ends brings it back if it beats the last epoch's beyond the noise (:meth:`restore`); with "last",
+    nothing. The scoring time counts toward ``train.max_minutes``."""
 
     def __init__(self, method: Method, config: dict[str, Any], run_dir: Path, normal_images: list[torch.Tensor]):
         t = config["train"]
@@ -178,6 +182,7 @@ class Selector:
             raise ConfigError('train.select = "best" scores every epoch on held-out normal images, and '
                               'train.val_fraction holds out none; raise train.val_fraction or use '
                               'train.select = "last"')
+        self.all_images, self.seed = normal_images, int(t["seed"])
         self.images = normal_images[: int(t.get("select_images", 32))]
         few = (f"; only {len(self.images)}, so the choice is noisy (raise train.val_fraction)"
                if len(self.images) < SELECT_FEW_IMAGES else "")
@@ -199,7 +204,8 @@ class Selector:
             return
         t0 = time.perf_counter()
         self.method.train(False)
-        score, what = self.method.validation_score(self.images)
+        v = self.method.validation_score(self.images)
+        score, what = v.score, v.what
         record["select"] = score
         best = self.best is None or score > self.best["score"]
         if best:
@@ -210,17 +216,34 @@ class Selector:
                           f"[{time.perf_counter() - t0:.0f} s]")
 
     def restore(self, history: list[dict[str, Any]]) -> float:
-        """Load the best model when it is not the last one; return the epoch of the model kept."""
+        """The model to keep when training ends; returns its epoch. The best-scoring epoch's model (``best.pt``) is
+        kept only when, scored again on all held-out images (at most ``SELECT_COMPARE_MAX``; fresh images temper
+        the luck of the maximum), it beats the last epoch's by more than twice the standard error of the
+        difference (a paired bootstrap over the images); otherwise the last, longest-trained model stays."""
         last = history[-1]["epoch"] if history else 0
         if not self.active or self.best is None or self.best["epoch"] == last:
             return last
-        ckpt = load_checkpoint(self.path, self.method.app)
-        self.method.load_state_dict(ckpt["state"])
-        last_score = history[-1].get("select")
-        log(self.run_dir, f"train.select = best: the model of epoch {self.best['epoch']} (score "
-                          f"{100 * self.best['score']:.1f}) is kept, not the last one (epoch {last}"
-                          f"{'' if last_score is None else f', score {100 * last_score:.1f}'})")
-        return self.best["epoch"]
+        from ssmad.scoring import bootstrap_difference
+
+        t0 = time.perf_counter()
+        images = self.all_images[:SELECT_COMPARE_MAX]
+        last_state = copy.deepcopy(self.method.state_dict())
+        v_last = self.method.validation_score(images)
+        self.method.load_state_dict(load_checkpoint(self.path, self.method.app)["state"])
+        v_best = self.method.validation_score(images)
+        gap, se = v_best.score - v_last.score, 0.0
+        if v_best.grouped is not None and v_last.grouped is not None:
+            gap, se = bootstrap_difference(v_best.grouped, v_last.grouped, SELECT_BOOTSTRAP, self.seed)
+        how = (f"on {len(images)} held-out images it scores {100 * gap:+.1f} ± {100 * se:.1f} (paired bootstrap) "
+               f"against the last epoch's ({v_last.what}) [{time.perf_counter() - t0:.0f} s]")
+        if gap > 2 * se:
+            log(self.run_dir, f"train.select = best: the model of epoch {self.best['epoch']} is kept, not the last "
+                              f"one (epoch {last}): {how}")
+            return self.best["epoch"]
+        self.method.load_state_dict(last_state)
+        log(self.run_dir, f"train.select = best: the last epoch's model (epoch {last}) is kept: the best-scoring one "
+                          f"(epoch {self.best['epoch']}) is not better by more than twice the standard error; {how}")
+        return last
 
 
 def decision_thresholds(scores: np.ndarray, maps: np.ndarray, q: float) -> dict[str, float]:

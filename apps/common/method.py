@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,18 @@ import torch
 from torch import nn
 
 from ssmad.core import AnomalyOutput, Sample
+
+
+@dataclass
+class Validation:
+    """What :meth:`Method.validation_score` returns: the ``score`` (higher is better), ``what`` it is (for the log)
+    and, when the score is an average precision over images, ``grouped``: the same AP recomputable per image weight
+    (``ssmad.scoring.GroupedAP``), with which ``train.select = "best"`` tests whether the best epoch truly beats the
+    last one."""
+
+    score: float
+    what: str
+    grouped: Any = None
 
 
 def fused_if_possible(cls: type[torch.optim.Optimizer], params, **kwargs) -> torch.optim.Optimizer:
@@ -68,11 +81,11 @@ class Method(ABC):
     #: whether :meth:`validation_score` exists (``train.select = "best"`` needs it)
     can_validate: bool = False
 
-    def validation_score(self, normal_images: list[torch.Tensor]) -> tuple[float, str]:
-        """(score, what it is) of the model as it stands, higher is better, from held-out normal images only (never
-        the test set): ``train.select = "best"`` keeps the epoch that scores highest. May fit what
-        :meth:`after_training` fits (it runs again on all held-out images once training ends). Methods that set
-        :attr:`can_validate` override this."""
+    def validation_score(self, normal_images: list[torch.Tensor]) -> Validation:
+        """The model as it stands, scored on held-out normal images only (never the test set):
+        ``train.select = "best"`` keeps the epoch that scores highest unless the last one is as good within the
+        score's noise. May fit what :meth:`after_training` fits (it runs again on all held-out images once training
+        ends). Methods that set :attr:`can_validate` override this."""
         raise NotImplementedError(f"{self.app} has no validation score")
 
     # -- inference --------------------------------------------------------------------------------------

@@ -444,20 +444,24 @@ def _history(run) -> list[dict]:
 
 
 def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, run_app, monkeypatch):
-    """train.select = "best": the model of the epoch that scores best is the one model.pt holds, also when the best
-    epoch came before a --resume; the scores are in the history and the log."""
+    """train.select = "best": the model of the epoch that scores best is the one model.pt holds when it beats the
+    last one (here scores without a bootstrap: by the plain difference), also when the best epoch came before a
+    --resume; the scores are in the history and the log."""
     import copy
 
     import torch
 
     from apps.almrr.method import ALMRR
+    from apps.common.method import Validation
 
-    scores = iter([0.2, 0.9, 0.4, 0.1])
+    # epochs 1-3, then the comparison at the end (the last model, then the best); after the resume: epoch 4, then
+    # the comparison again
+    scores = iter([0.2, 0.9, 0.4, 0.4, 0.9, 0.1, 0.1, 0.9])
     seen: dict[int, dict] = {}
 
     def scripted(self, images):
         seen[len(seen) + 1] = copy.deepcopy(self.state_dict()["modules"])
-        return next(scores), "scripted score"
+        return Validation(next(scores), "scripted score")
 
     monkeypatch.setattr(ALMRR, "validation_score", scripted)
     run = tmp_path / "r"
@@ -466,7 +470,7 @@ def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, run_app, mon
     assert code == 0, err
     assert [h["select"] for h in _history(run)] == [0.2, 0.9, 0.4]
     assert "epoch 2: scripted score 90.0 (best so far, kept in best.pt)" in out
-    assert "the model of epoch 2 (score 90.0) is kept, not the last one (epoch 3, score 40.0)" in out
+    assert "the model of epoch 2 is kept, not the last one (epoch 3): on 1 held-out images it scores +50.0" in out
 
     def kept(name: str) -> dict:
         return torch.load(run / name, weights_only=True)["state"]["modules"]
@@ -475,12 +479,50 @@ def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, run_app, mon
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     assert same(kept("model.pt"), seen[2]) and not same(kept("model.pt"), seen[3])
+    assert same(seen[4], seen[3]) and same(seen[5], seen[2])          # what the comparison scored
     assert torch.load(run / "model.pt", weights_only=True)["selected_epoch"] == 2
     # a resumed run still knows its best epoch (and best.pt): epoch 4 scores lower, so epoch 2 stays
     code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "4", "--no-test")
     assert code == 0, err
     assert [h["select"] for h in _history(run)] == [0.2, 0.9, 0.4, 0.1]
-    assert "the model of epoch 2" in out and same(kept("model.pt"), seen[2])
+    assert "the model of epoch 2 is kept" in out and same(kept("model.pt"), seen[2])
+
+
+@pytest.mark.parametrize("lead, kept_epoch", [(0.0, 2), (0.3, 1)])
+def test_select_best_keeps_the_last_epoch_unless_the_best_truly_beats_it(lead, kept_epoch, tmp_path, run_app,
+                                                                         monkeypatch):
+    """At the end the best epoch and the last are compared on the same images with a paired bootstrap: a lead
+    within twice its standard error keeps the last (longest-trained) model."""
+    import copy
+
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.method import Validation
+    from ssmad.scoring import GroupedAP
+
+    rng = np.random.default_rng(0)
+    scores_last = rng.random((20, 16))                    # 20 images of 16 pixels, a quarter of them anomalous
+    labels = rng.random((20, 16)) < 0.25
+    groups = np.repeat(np.arange(20), 16).reshape(20, 16)
+    scores_best = scores_last + lead * labels             # lead 0: the same AP; 0.3: far better
+    calls = iter([(0.9, scores_best), (0.5, scores_last), (0.5, scores_last), (0.9, scores_best)])
+    seen = []
+
+    def scripted(self, images):
+        seen.append(copy.deepcopy(self.state_dict()["modules"]))
+        score, maps = next(calls)
+        return Validation(score, "scripted", GroupedAP(maps, labels, groups))
+
+    monkeypatch.setattr(ALMRR, "validation_score", scripted)
+    run = tmp_path / "r"
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--set", 'train.select="best"', "--epochs", "2",
+                             "--out", str(run), "--no-test", "--device", "cpu")
+    assert code == 0, err
+    model = torch.load(run / "model.pt", weights_only=True)
+    assert model["selected_epoch"] == kept_epoch
+    assert all(torch.equal(v, seen[kept_epoch - 1][k]) for k, v in model["state"]["modules"].items())
+    assert ("the last epoch's model (epoch 2) is kept" in out) == (kept_epoch == 2)
 
 
 def test_select_best_scores_without_changing_the_training(tmp_path, run_app):
@@ -505,7 +547,7 @@ def test_select_best_scores_without_changing_the_training(tmp_path, run_app):
     # the kept model scores what its epoch recorded (the smoke run holds out one image: the scored set is all of them)
     method, ckpt = APP.load_method(tmp_path / "best", torch.device("cpu"))
     selected = ckpt["selected_epoch"]
-    score, _ = method.validation_score(list(held_out_images(method)))
+    score = method.validation_score(list(held_out_images(method))).score
     assert score == pytest.approx(next(h["select"] for h in best if h["epoch"] == selected))
     assert score == max(h["select"] for h in best)
 

@@ -51,7 +51,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     seed_everything(seed)
     data = open_data(config) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
-    selector = Selector(method, config, run_dir, [data.train[i].image for i in val_idx])
+    selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
@@ -168,22 +168,23 @@ class Selector:
     training ends brings it back if it beats the last epoch's beyond the noise (:meth:`restore`); with "last",
     nothing. The scoring time counts toward ``train.max_minutes``."""
 
-    def __init__(self, method: Method, config: dict[str, Any], run_dir: Path, normal_images: list[torch.Tensor]):
+    def __init__(self, method: Method, config: dict[str, Any], run_dir: Path, samples, val_idx: list[int]):
         t = config["train"]
         self.method, self.run_dir, self.path = method, run_dir, run_dir / "best.pt"
-        self.active = t.get("select", "last") == "best"
+        self.active = t["select"] == "best"
         self.best: dict[str, float] | None = None          # {"epoch", "score"} of the model in best.pt
         if not self.active:
             return
         if not method.can_validate:
             raise ConfigError(f'train.select = "best": {method.app} has no validation score to select an epoch by; '
                               f'use train.select = "last"')
-        if not normal_images:
+        if not val_idx:
             raise ConfigError('train.select = "best" scores every epoch on held-out normal images, and '
                               'train.val_fraction holds out none; raise train.val_fraction or use '
                               'train.select = "last"')
-        self.all_images, self.seed = normal_images, int(t["seed"])
-        self.images = normal_images[: int(t.get("select_images", 32))]
+        # (read only when selecting: a "last" run reads the held-out images once, after training)
+        self.all_images, self.seed = [samples[i].image for i in val_idx], int(t["seed"])
+        self.images = self.all_images[: int(t["select_images"])]
         few = (f"; only {len(self.images)}, so the choice is noisy (raise train.val_fraction)"
                if len(self.images) < SELECT_FEW_IMAGES else "")
         log(run_dir, f"train.select = best: every epoch's model is scored on {len(self.images)} held-out normal "

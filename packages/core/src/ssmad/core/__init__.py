@@ -31,7 +31,7 @@ from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",

@@ -31,7 +31,8 @@ def ssmad_register(register: Register) -> None:
     Call ``register(kind, name, factory, config=ConfigClass, summary="one line")`` once per component.
 
     - ``kind`` is one of :data:`ssmad.core.registry.KINDS` (``backbone``, ``scan``, ``mixer``,
-      ``reconstructor``, ``synth``, ``head``, ``postprocess``, ``fusion``, ``dataset``, ``metric``).
+      ``reconstructor``, ``synth``, ``head``, ``postprocess``, ``distance``, ``fusion``, ``dataset``,
+      ``metric``).
     - ``name`` is short and stable (``resnet50``, ``vim``, ``perlin``...). Registering a name that already
       exists overrides it; third-party plugins are registered after the built-in packages, so they win.
     - ``config`` is an ``attrs`` class (use :func:`ssmad.core.configclass`) whose fields are the component's

@@ -25,7 +25,7 @@ from . import hookspecs
 from .configs import make_config, suggest
 from .errors import ConfigError, UnknownComponentError
 
-KINDS = ("backbone", "scan", "mixer", "reconstructor", "synth", "head", "postprocess", "fusion",
+KINDS = ("backbone", "scan", "mixer", "reconstructor", "synth", "head", "postprocess", "distance", "fusion",
          "dataset", "metric")
 ENTRY_POINT_GROUP = "ssmad"
 ENV_VAR = "SSMAD_PLUGINS"

@@ -4,10 +4,12 @@
     metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
 
 Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
-``quantile_norm``, ``position_norm``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``,
-``image_f1max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
+``quantile_norm``, ``position_norm``; ``distance`` ``mse``, ``mahalanobis``; ``fusion`` ``weighted``; ``metric``
+``image_auroc``, ``image_ap``, ``image_f1max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live
+in :mod:`ssmad.scoring.report`.
 """
 
+from .distance import Mahalanobis, MahalanobisConfig, MeanSquared, MeanSquaredConfig
 from .metrics import (
                       AUPRO_FPR_LIMIT,
                       IMAGE_METRICS,
@@ -38,11 +40,12 @@ from .postprocess import (
                       gaussian_kernel1d,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",
-    "GaussianConfig", "GroupedAP", "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError",
+    "GaussianConfig", "GroupedAP", "Mahalanobis", "MahalanobisConfig", "MeanSquared", "MeanSquaredConfig",
+    "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError",
     "PositionNorm", "PositionNormConfig", "QuantileNorm", "QuantileNormConfig", "WeightedFusion",
     "WeightedFusionConfig", "aupro", "binarize_masks", "bootstrap_difference", "evaluate", "gaussian_kernel1d",
     "pixel_metrics",

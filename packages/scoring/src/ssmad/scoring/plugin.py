@@ -1,4 +1,4 @@
-"""ssmad-scoring plugin: registers post-processing, fusion and metric components."""
+"""ssmad-scoring plugin: registers post-processing, feature-distance, fusion and metric components."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from functools import partial
 
 from ssmad.core import hookimpl
 
+from .distance import Mahalanobis, MahalanobisConfig, MeanSquared, MeanSquaredConfig
 from .metrics import METRICS, Metric
 from .postprocess import (
     BoxMax,
@@ -45,6 +46,10 @@ def ssmad_register(register):
              summary="(m - q_low) / (q_high - q_low) with quantiles fitted on normal validation maps")
     register("postprocess", "position_norm", PositionNorm, config=PositionNormConfig,
              summary="m - mean (or z-score) per position, fitted on normal validation maps")
+    register("distance", "mse", MeanSquared, config=MeanSquaredConfig,
+             summary="feature distance: mean over channels of (F^ - F)^2 per position")
+    register("distance", "mahalanobis", Mahalanobis, config=MahalanobisConfig,
+             summary="feature distance: Mahalanobis of F^ - F, covariance fitted on normal validation residuals")
     register("fusion", "weighted", WeightedFusion, config=WeightedFusionConfig,
              summary="weighted sum of several anomaly maps")
     for name in METRICS:

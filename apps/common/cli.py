@@ -197,6 +197,7 @@ class App:
 
         results: dict[str, dict[str, float]] = {}
         branch_results: dict[str, dict[str, float]] = {}
+        type_results: dict[str, dict[str, float]] = {}
         timing: dict[str, Any] = {}
         notes: list[str] = []
         for run_dir in runs:
@@ -216,6 +217,7 @@ class App:
             results[name] = evaluate(labels, scores, masks, maps)
             if (note := method.map_note()) is not None:
                 notes.append(note if len(runs) == 1 else f"{name}: {note}")
+            type_results.update(by_defect_type(name, data.test.defect_types, labels, scores, masks, maps))
             for branch, bmaps in branches.items():  # e.g. VMPFD-AD's local-only and global-only maps
                 bscores = method.branch_score(bmaps)
                 branch_results[f"{name} [{branch} only]"] = evaluate(labels, bscores, masks, bmaps)
@@ -231,6 +233,10 @@ class App:
         if branch_results:  # each branch map alone, from the same model (its own table: not in the mean above)
             _, branch_md = write_metrics(out / "branches", branch_results, title=f"apps.{self.name}: branches alone")
             print(branch_md.read_text())
+        if type_results:  # each defect type against the normal test images (which types the model misses)
+            _, type_md = write_metrics(out / "by_type", type_results,
+                                       title=f"apps.{self.name}: each defect type against all normal test images")
+            print(type_md.read_text())
         print(f"report: {md_path}  (metrics JSON {json_path}, figures in {out / 'figures'})", flush=True)
         return results
 
@@ -313,6 +319,24 @@ class App:
                 print(f"  {'':<14} alternatives: {', '.join(r['alternatives'])}")
         print(f"swap one with --set pipeline.<role>.name=NAME; presets: {', '.join(presets(self.app_dir))}")
         return 0
+
+
+def by_defect_type(name: str, types: list[str], labels: np.ndarray, scores: np.ndarray, masks: np.ndarray,
+                   maps: np.ndarray) -> dict[str, dict[str, float]]:
+    """All metrics of each defect type's anomalous test images together with every normal test image, keyed
+    ``"NAME: TYPE"``; nothing when the test split has fewer than two defect types (the table would repeat the
+    whole) or no normal image."""
+    from ssmad.scoring import evaluate
+
+    kinds = np.array(types)
+    anomalous = sorted({str(t) for t in kinds[labels == 1]})
+    if len(anomalous) < 2 or not (labels == 0).any():
+        return {}
+    out = {}
+    for kind in anomalous:
+        sel = (labels == 0) | ((labels == 1) & (kinds == kind))
+        out[f"{name}: {kind}"] = evaluate(labels[sel], scores[sel], masks[sel], maps[sel])
+    return out
 
 
 class TestImages(Sequence):

@@ -18,6 +18,11 @@ pixel AUROC. The scaled distance orders those pixels. ``distance_weight = "auto"
 held-out normal images (the run's own synthesiser, seeded by ``train.seed``; never the test set): the weight helps
 a weak refined map and costs a good one, and which one a run has shows there.
 
+The distance of the map is ``pipeline.distance`` (kind ``distance``): ``mse`` (‖F̂ − F‖² / C, the default) or
+``mahalanobis`` (the residual F̂ − F whitened by its mean and covariance over the held-out normal images, fitted
+after training; the cpu preset). The refiner's ``distance`` input is always the mean squared distance (it is trained
+on it, before anything could be fitted).
+
 The feature distance is also reported on its own (``extras["distance"]``: the test report's "distance only" table),
 after the optional ``distance_norm`` post-processing (``position_norm``: minus the mean distance at each position
 over the held-out normal images, fitted after training). Without it, on Magnetic-tile-defect the largest distance
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 
 from ssmad.core import AnomalyOutput, ConfigError, Sample
 from ssmad.heads.losses import dice_loss, focal_loss
-from ssmad.scoring import GroupedAP
+from ssmad.scoring import GroupedAP, MeanSquared
 
 from ..common.config import build_role, component, section_value
 from ..common.method import Method, Validation
@@ -101,6 +106,8 @@ class ALMRR(Method):
         if self.synth is None:
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
         self.score = build_role(config, "score")
+        # the distance of the map; runs stored before the role existed used the mean squared distance
+        self.metric = build_role(config, "distance") or MeanSquared()
         self.distance_norm = build_role(config, "distance_norm")
         self.distance_smooth = build_role(config, "distance_smooth")
         self.distance_scale = build_role(config, "distance_scale")
@@ -114,7 +121,7 @@ class ALMRR(Method):
             raise ConfigError("method.distance_weight > 0 or \"auto\" adds the scaled distance map to the refined map "
                               "and needs the pipeline.distance_scale role (quantile_norm); enable it or set "
                               "method.distance_weight = 0")
-        self._warned_unfitted = self._warned_unscaled = False
+        self._warned_unfitted = self._warned_unscaled = self._warned_metric = False
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
 
@@ -178,14 +185,33 @@ class ALMRR(Method):
 
     @staticmethod
     def distance(recon: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """‖F̂ − F‖² per position (mean over channels), B×1×S×S."""
+        """‖F̂ − F‖² per position (mean over channels), B×1×S×S: the refiner's ``distance`` input."""
         return ((recon - feats) ** 2).mean(1, keepdim=True)
+
+    def map_distance(self, recon: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The distance of the map, B×1×S×S: ``pipeline.distance`` (the mean squared distance while a fitted one
+        is not fitted yet, with a warning)."""
+        if self.metric.fitted:
+            return self.metric(recon - feats)
+        if not self._warned_metric:
+            self._warned_metric = True
+            warnings.warn(f"pipeline.distance ({self.metric!r}): not fitted (a checkpoint of a training that did not "
+                          f"finish, or no held-out normal images); the distance map is the mean squared distance",
+                          RuntimeWarning, stacklevel=3)
+        return self.distance(recon, feats)
 
     @torch.no_grad()
     def raw_distance(self, images: torch.Tensor) -> torch.Tensor:
         """The feature distance of images before any normalisation, B×1×S×S on the feature grid."""
         feats = self.features(images)
-        return self.distance(self.modules["reconstructor"](feats), feats)
+        return self.map_distance(self.modules["reconstructor"](feats), feats)
+
+    @torch.no_grad()
+    def _residuals(self, normal_images: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """F̂ − F of ``normal_images``, a batch at a time (what a fitted ``pipeline.distance`` is fitted on)."""
+        for i in range(0, len(normal_images), self.eval_batch_size):
+            feats = self.features(torch.stack(normal_images[i:i + self.eval_batch_size]).to(self.device))
+            yield self.modules["reconstructor"](feats) - feats
 
     @property
     def _scaled(self) -> bool:
@@ -194,7 +220,8 @@ class ALMRR(Method):
 
     @torch.no_grad()
     def after_training(self, normal_images: list[torch.Tensor]) -> list[str]:
-        """Fit ``distance_norm`` on the normal images' raw distances, then (``distance_weight`` > 0 or "auto")
+        """Fit ``pipeline.distance`` (mahalanobis) on the normal images' residuals, ``distance_norm`` on their raw
+        distances, then (``distance_weight`` > 0 or "auto")
         ``distance_scale`` on their distance maps as ``predict`` makes them, then ("auto") choose the weight on
         synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which bounds the time and memory of the choice)."""
         if not self._fit_distance(normal_images) or not self.auto_weight:
@@ -207,6 +234,8 @@ class ALMRR(Method):
         """The fits of :meth:`after_training`; whether ``distance_scale`` was fitted (a weight > 0 or "auto")."""
         if not normal_images:
             return False
+        if self.metric.needs_fit:
+            self.metric.fit(self._residuals(normal_images))
         size = normal_images[0].shape[-2:]
         raw = []
         for i in range(0, len(normal_images), self.eval_batch_size):
@@ -323,6 +352,8 @@ class ALMRR(Method):
         # (the epoch checkpoints of a training are written before after_training fits these)
         state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in ("distance_norm", "distance_scale")
                                  if getattr(self, name) is not None and getattr(self, name).fitted}
+        if self.metric.needs_fit and self.metric.fitted:
+            state["distance"] = self.metric.state_dict()
         if self.auto_weight and self.weight_choice is not None:
             state["distance_weight"] = dict(self.weight_choice)
         return state
@@ -331,6 +362,8 @@ class ALMRR(Method):
         for name in ("distance_norm", "distance_scale"):
             if getattr(self, name) is not None and name in state:
                 getattr(self, name).load_state_dict(state[name])
+        if self.metric.needs_fit and "distance" in state:
+            self.metric.load_state_dict(state["distance"])
         if self.auto_weight and "distance_weight" in state:
             self.weight_choice = dict(state["distance_weight"])
             self.distance_weight = float(self.weight_choice["weight"])
@@ -351,7 +384,7 @@ class ALMRR(Method):
         feats = self.features(images)
         recon = self.modules["reconstructor"](feats)
         size = images.shape[-2:]
-        dist = self.distance_map(self.distance(recon, feats), size)
+        dist = self.distance_map(self.map_distance(recon, feats), size)
         if "refiner" not in self.modules:
             return AnomalyOutput(anomaly_map=dist, score=self.score(dist))
         amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]

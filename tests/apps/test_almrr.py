@@ -49,6 +49,26 @@ def test_train_writes_run_and_report(smoke_run):
     assert (run / "report" / "metrics.md").read_text().startswith("# apps.almrr\n")   # (no distance weight)
     assert list((run / "report" / "figures").rglob("*.png"))
     assert "distance only" in (run / "report" / "branches" / "metrics.md").read_text()
+    from ssmad.datasets import DEFECT_KINDS
+
+    by_type = json.loads((run / "report" / "by_type" / "metrics.json").read_text())["categories"]
+    assert sorted(by_type) == sorted(f"brick: {kind}" for kind in DEFECT_KINDS)     # the demo's defect types
+
+
+def test_by_defect_type_needs_two_types_and_normal_images():
+    """Each defect type is scored against all normal images; with one type (or no normal image) there is no table."""
+    from apps.common.cli import by_defect_type
+
+    labels = np.array([0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.9, 0.15, 0.3])
+    masks = np.zeros((5, 4, 4), bool)
+    masks[2:, 1, 1] = True
+    maps = np.random.default_rng(0).random((5, 4, 4))
+    out = by_defect_type("x", ["good", "good", "crack", "hole", "hole"], labels, scores, masks, maps)
+    assert sorted(out) == ["x: crack", "x: hole"]
+    assert out["x: crack"]["image_auroc"] == 1.0 and out["x: hole"]["image_auroc"] == 0.75
+    assert by_defect_type("x", ["good", "good", "hole", "hole", "hole"], labels, scores, masks, maps) == {}
+    assert by_defect_type("x", ["a", "b", "a"], np.ones(3, int), scores[:3], masks[:3], maps[:3]) == {}
 
 
 def test_describe_says_why_the_cpu_falls_back_to_the_slower_scan(monkeypatch):
@@ -100,6 +120,29 @@ def test_border_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     assert all(0 <= float(v) <= 100 for _, v in aurocs)
     assert script.main([str(tmp_path / "nothing")]) == 2
     assert "model.pt not found" in capsys.readouterr().err
+
+
+def test_padim_baseline_script(smoke_run, tmp_path, capsys, load_script):
+    """scripts/padim_baseline.py fits PaDiM on a run's features and training images and prints the test metrics,
+    overall and per defect type; a channel subset bounds its memory; bad arguments and folders are clear errors."""
+    import re
+
+    from ssmad.datasets import DEFECT_KINDS
+
+    script = load_script("padim_baseline")
+    run, _ = smoke_run
+    assert script.main([str(run), "--channels", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "(8 of " in out
+    rows = {m.group(1): [float(v) for v in m.group(2).split(" | ")]
+            for m in re.finditer(r"^\| (\w+) \| ([0-9. |]+) \|$", out, re.M)}
+    assert sorted(rows) == sorted(["all", *DEFECT_KINDS]) and all(len(v) == 7 for v in rows.values())
+    assert all(0 <= x <= 100 for v in rows.values() for x in v)
+    assert script.main([str(tmp_path / "nothing")]) == 2
+    assert "model.pt not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main([str(run), "--ridge", "0"])
+    assert "--ridge: expected a number > 0" in capsys.readouterr().err
 
 
 def test_blend_script_scores_weights_on_synthetic_anomalies(smoke_run, tmp_path, capsys, load_script):
@@ -283,6 +326,43 @@ def test_unfinished_checkpoint_reports_the_raw_distance(smoke_run):
     expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
     assert method.distance_smooth is not None                     # the default pipeline smooths the distance map
     torch.testing.assert_close(out.extras["distance"], method.distance_smooth(expected))
+
+
+def test_mahalanobis_distance_is_fitted_saved_and_applied():
+    """pipeline.distance = mahalanobis: after_training fits it on the held-out images' residuals F̂ − F, the model's
+    state carries it, and the distance map is the whitened residual; before the fit the map warns and uses the mean
+    squared distance. The refiner's distance input stays the mean squared distance either way."""
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+    from ssmad.scoring import Mahalanobis
+
+    cpu = torch.device("cpu")
+    config = load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=mahalanobis"])
+    torch.manual_seed(0)
+    method = ALMRR(config, cpu)
+    method.train(False)
+    normal, other = list(torch.rand(6, 3, 64, 64)), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = method.features(other)
+        recon = method.modules["reconstructor"](feats)
+        with pytest.warns(RuntimeWarning, match=r"pipeline.distance \(Mahalanobis.*not fitted.*mean squared"):
+            raw = method.raw_distance(other)
+        torch.testing.assert_close(raw, ALMRR.distance(recon, feats))
+        method.after_training(normal)
+        expected = Mahalanobis().fit(torch.cat([method.modules["reconstructor"](f) - f for f in
+                                                [method.features(torch.stack(normal))]]))
+        torch.testing.assert_close(method.raw_distance(other), expected(recon - feats))
+        assert not torch.allclose(method.raw_distance(other), raw)
+        loaded = ALMRR(config, cpu)
+        loaded.load_state_dict(method.state_dict())
+        loaded.train(False)
+        assert set(method.state_dict()["extra"]) >= {"distance", "distance_norm"}
+        torch.testing.assert_close(loaded.predict(other).extras["distance"], method.predict(other).extras["distance"])
+    with pytest.raises(Exception, match="pipeline.distance: .*ridge"):
+        ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=mahalanobis",
+                                                        "pipeline.distance.ridge=-1"]), cpu)
 
 
 def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_method():

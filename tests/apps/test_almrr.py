@@ -642,3 +642,22 @@ def test_select_errors(setting, needle, tmp_path, run_app):
     code, out, err = run_app(APP, "train", "--preset", "smoke", *argv, "--out", str(tmp_path / "r"), "--no-test")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+@pytest.mark.parametrize("preset", ["smoke", "demo", "cpu"])
+def test_every_preset_builds(preset):
+    """Each shipped preset passes the config checks and builds its model; the cpu preset's map uses the Mahalanobis
+    distance and a distance weight chosen among non-zero candidates."""
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import check_config, load_config, presets
+    from ssmad.scoring import Mahalanobis
+
+    assert set(presets(APP.app_dir)) == {"smoke", "demo", "cpu"}
+    config = load_config(APP.app_dir, preset, None, [])
+    check_config(config)
+    method = ALMRR(config, torch.device("cpu"))
+    if preset == "cpu":
+        assert isinstance(method.metric, Mahalanobis) and method.auto_weight
+        assert min(method.weight_candidates) > 0

@@ -34,7 +34,7 @@ def _weights(text: str) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     from apps.almrr.method import AUTO_WEIGHTS
-    from apps.common.diagnostics import image_batches, open_run_data, run_parser
+    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False)
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in AUTO_WEIGHTS),
@@ -55,14 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from apps.almrr.__main__ import APP
     from apps.common.config import build_role, load_config
     from apps.common.engine import infer
-    from ssmad.core import SsmadError
     from ssmad.scoring import METRICS, evaluate
 
-    try:
-        method, config, data, _, val_idx = open_run_data(APP, args.run, args.device, "ALMRR")
-    except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
-        print(f"error: {exc}", file=sys.stderr)
+    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "ALMRR")) is None:
         return 2
+    method, config, data, _, val_idx = opened
     if "refiner" not in method.modules:
         print(f"error: {args.run}: the run has no refiner (its map is the distance already)", file=sys.stderr)
         return 2

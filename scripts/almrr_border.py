@@ -19,19 +19,16 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_finished_run, run_parser
+    from apps.common.diagnostics import image_batches, open_finished_run, open_or_report, run_parser
 
     args = run_parser(__doc__, "ALMRR").parse_args(argv)
 
     from apps.almrr.__main__ import APP
     from apps.common.data import open_data
-    from ssmad.core import SsmadError
 
-    try:
-        method, ckpt = open_finished_run(APP, args.run, args.device, "ALMRR")
-    except SsmadError as exc:  # no model.pt, a checkpoint of another app or version, a bad --device
-        print(f"error: {exc}", file=sys.stderr)
+    if (opened := open_or_report(open_finished_run, APP, args.run, args.device, "ALMRR")) is None:
         return 2
+    method, ckpt = opened
     model = Path(args.run) / "model.pt"
     norm = method.distance_norm
     if norm is None or not norm.fitted:

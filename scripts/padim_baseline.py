@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_run_data, run_parser
+    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False)
     ap.add_argument("--channels", type=int, default=200,
@@ -39,14 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from apps.almrr.__main__ import APP
     from apps.common.cli import by_defect_type
-    from ssmad.core import SsmadError
     from ssmad.scoring import METRICS, evaluate
 
-    try:
-        method, config, data, train_idx, _ = open_run_data(APP, args.run, args.device, "ALMRR")
-    except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
-        print(f"error: {exc}", file=sys.stderr)
+    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "ALMRR")) is None:
         return 2
+    method, config, data, train_idx, _ = opened
     if len(train_idx) < 2 or len(data.test) == 0:
         print(f"error: {args.run}: PaDiM needs at least 2 training images and a test split", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_run_data, run_parser
+    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
     args = run_parser(__doc__, "VMPFD-AD").parse_args(argv)
 
@@ -34,11 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 
-    try:
-        method, config, data, train_idx, val_idx = open_run_data(APP, args.run, args.device, "VMPFD-AD")
-    except SsmadError as exc:  # no model.pt, a checkpoint of another app, a bad --device, a dataset that moved
-        print(f"error: {exc}", file=sys.stderr)
+    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "VMPFD-AD")) is None:
         return 2
+    method, config, data, train_idx, val_idx = opened
     if not val_idx or len(data.test) == 0:
         print(f"error: {args.run}: needs held-out normal images and a test split", file=sys.stderr)
         return 2

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssmad.core import CheckpointError
+from ssmad.core import CheckpointError, SsmadError
 
 
 def run_parser(doc: str, what: str, band: bool = True) -> argparse.ArgumentParser:
@@ -45,6 +46,16 @@ def open_run_data(app, run: str | Path, device: str, what: str):
     train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
                                           int(config["train"]["seed"]))
     return method, config, data, train_idx, val_idx
+
+
+def open_or_report(opener: Callable[..., Any], *args: Any) -> Any:
+    """``opener(*args)`` (:func:`open_finished_run` or :func:`open_run_data`), or None after printing its error in one
+    line (no model.pt, a checkpoint of another app, a bad --device, a dataset that moved): the script exits 2."""
+    try:
+        return opener(*args)
+    except SsmadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def image_batches(samples: Sequence, size: int, device) -> Iterator[tuple[list, torch.Tensor]]:

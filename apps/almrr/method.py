@@ -221,9 +221,9 @@ class ALMRR(Method):
     @torch.no_grad()
     def after_training(self, normal_images: list[torch.Tensor]) -> list[str]:
         """Fit ``pipeline.distance`` (mahalanobis) on the normal images' residuals, ``distance_norm`` on their raw
-        distances, then (``distance_weight`` > 0 or "auto")
-        ``distance_scale`` on their distance maps as ``predict`` makes them, then ("auto") choose the weight on
-        synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which bounds the time and memory of the choice)."""
+        distances, then (``distance_weight`` > 0 or "auto") ``distance_scale`` on their distance maps as ``predict``
+        makes them, then ("auto") choose the weight on synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which
+        bounds the time and memory of the choice)."""
         if not self._fit_distance(normal_images) or not self.auto_weight:
             return []
         images = normal_images[:AUTO_MAX_IMAGES]
@@ -373,7 +373,8 @@ class ALMRR(Method):
             return None
         how = "chosen after training" if self.auto_weight and self.weight_choice is not None else (
             "auto, not chosen yet: the refined map alone" if self.auto_weight else "method.distance_weight")
-        return f"map = refined + {self.distance_weight:g} x scaled distance ({how})"
+        which = "" if not self.metric.needs_fit else f"{component(self.config, 'distance')['name']} "
+        return f"map = refined + {self.distance_weight:g} x scaled {which}distance ({how})"
 
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""

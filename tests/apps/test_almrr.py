@@ -360,6 +360,8 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
         loaded.train(False)
         assert set(method.state_dict()["extra"]) >= {"distance", "distance_norm"}
         torch.testing.assert_close(loaded.predict(other).extras["distance"], method.predict(other).extras["distance"])
+    assert ALMRR(load_config(APP.app_dir, "cpu", None, []), cpu).map_note() == (
+        "map = refined + 0 x scaled mahalanobis distance (auto, not chosen yet: the refined map alone)")
     with pytest.raises(Exception, match="pipeline.distance: .*ridge"):
         ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=mahalanobis",
                                                         "pipeline.distance.ridge=-1"]), cpu)

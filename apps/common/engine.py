@@ -235,8 +235,9 @@ class Selector:
         gap, se = v_best.score - v_last.score, 0.0
         if v_best.grouped is not None and v_last.grouped is not None:
             gap, se = bootstrap_difference(v_best.grouped, v_last.grouped, SELECT_BOOTSTRAP, self.seed)
+        what = v_best.what if v_best.what == v_last.what else f"best: {v_best.what}; last: {v_last.what}"
         how = (f"on {len(images)} held-out images it scores {100 * gap:+.1f} ± {100 * se:.1f} (paired bootstrap) "
-               f"against the last epoch's ({v_last.what}) [{time.perf_counter() - t0:.0f} s]")
+               f"against the last epoch's ({what}) [{time.perf_counter() - t0:.0f} s]")
         if gap > 2 * se:
             log(self.run_dir, f"train.select = best: the model of epoch {self.best['epoch']} is kept, not the last "
                               f"one (epoch {last}): {how}")

@@ -553,6 +553,7 @@ def test_select_best_keeps_the_best_epoch_across_a_resume(tmp_path, run_app, mon
     assert [h["select"] for h in _history(run)] == [0.2, 0.9, 0.4]
     assert "epoch 2: scripted score 90.0 (best so far, kept in best.pt)" in out
     assert "the model of epoch 2 is kept, not the last one (epoch 3): on 1 held-out images it scores +50.0" in out
+    assert "against the last epoch's (scripted score)" in out          # one description when both read the same
 
     def kept(name: str) -> dict:
         return torch.load(run / name, weights_only=True)["state"]["modules"]
@@ -594,7 +595,7 @@ def test_select_best_keeps_the_last_epoch_unless_the_best_truly_beats_it(lead, k
     def scripted(self, images):
         seen.append(copy.deepcopy(self.state_dict()["modules"]))
         score, maps = next(calls)
-        return Validation(score, "scripted", GroupedAP(maps, labels, groups))
+        return Validation(score, f"scripted, weight {score:g}", GroupedAP(maps, labels, groups))
 
     monkeypatch.setattr(ALMRR, "validation_score", scripted)
     run = tmp_path / "r"
@@ -605,6 +606,8 @@ def test_select_best_keeps_the_last_epoch_unless_the_best_truly_beats_it(lead, k
     assert model["selected_epoch"] == kept_epoch
     assert all(torch.equal(v, seen[kept_epoch - 1][k]) for k, v in model["state"]["modules"].items())
     assert ("the last epoch's model (epoch 2) is kept" in out) == (kept_epoch == 2)
+    # the two models' scores can be described differently (e.g. each with the distance weight chosen for it)
+    assert "against the last epoch's (best: scripted, weight 0.9; last: scripted, weight 0.5)" in out
 
 
 def test_select_best_scores_without_changing_the_training(tmp_path, run_app):

@@ -351,8 +351,8 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
             raw = method.raw_distance(other)
         torch.testing.assert_close(raw, ALMRR.distance(recon, feats))
         method.after_training(normal)
-        expected = Mahalanobis().fit(torch.cat([method.modules["reconstructor"](f) - f for f in
-                                                [method.features(torch.stack(normal))]]))
+        normal_feats = method.features(torch.stack(normal))
+        expected = Mahalanobis().fit(method.modules["reconstructor"](normal_feats) - normal_feats)
         torch.testing.assert_close(method.raw_distance(other), expected(recon - feats))
         assert not torch.allclose(method.raw_distance(other), raw)
         loaded = ALMRR(config, cpu)

@@ -45,7 +45,7 @@ from ssmad.core import AnomalyOutput, ConfigError, Sample
 from ssmad.heads.losses import dice_loss, focal_loss
 from ssmad.scoring import GroupedAP, MeanSquared
 
-from ..common.config import build_role, component, section_value
+from ..common.config import NUMBER, build_role, component, optional_value, section_value
 from ..common.method import Method, Validation
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
@@ -71,6 +71,10 @@ class ALMRR(Method):
     alternatives = {
         "backbone": ["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg19", "efficientnet_lite0"],
         "reconstructor": ["vim", "cnn1x1", "cnn3x3", "transformer"],
+        "distance": ["mse", "mahalanobis"],
+        "distance_norm": ["position_norm", "quantile_norm"],
+        # the rest have one working choice here (a role is switched off with enabled = false)
+        "synth": [], "refiner": [], "distance_smooth": [], "distance_scale": [], "score": [],
     }
 
     def __init__(self, config: dict[str, Any], device: torch.device):
@@ -82,8 +86,10 @@ class ALMRR(Method):
         self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
         self.feature_size = section_value(config, "method", "feature_size", int, lambda v: v >= 4,
                                           "an integer >= 4")
-        self.lambdas = {k: float(m.get(f"lambda_{k}", 1.0)) for k in ("rec", "focal", "dice")}
-        self.gamma = float(m.get("focal_gamma", 2.0))
+        self.lambdas = {k: float(optional_value(config, "method", f"lambda_{k}", 1.0, NUMBER, lambda v: v >= 0,
+                                                "a number >= 0")) for k in ("rec", "focal", "dice")}
+        self.gamma = float(optional_value(config, "method", "focal_gamma", 2.0, NUMBER, lambda v: v >= 0,
+                                          "a number >= 0"))
         backbone = build_role(config, "backbone")
         if backbone is None:
             raise ConfigError("pipeline.backbone: ALMRR needs a backbone")

@@ -35,8 +35,22 @@ def load_config(app_dir: Path, preset: str | None, config_file: str | None, over
         role = item.split("=", 1)[0].split(".")[1]
         _prune_to_component(config, role)
     config = apply_overrides(config, [o for o in overrides if o not in swaps])
+    check_known_keys(config, load_toml(app_dir / "pipeline.toml"))
     check_config(config)
     return config
+
+
+def check_known_keys(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """[data] and [method] may hold only the keys of the app's pipeline.toml (a misspelt key would otherwise be
+    stored and silently ignored); [train] is checked by :func:`check_config`, pipeline entries by their
+    components."""
+    from ssmad.core import suggest
+
+    for section in ("data", "method"):
+        allowed = list(base.get(section, {}))
+        unknown = [k for k in config.get(section, {}) if k not in allowed]
+        if unknown:
+            raise ConfigError(f"config: unknown key {section}.{unknown[0]}; allowed: {suggest(unknown[0], allowed)}")
 
 
 def _is_name_swap(item: str) -> bool:
@@ -158,6 +172,14 @@ def build_role(config: dict[str, Any], role: str, **extra):
         return build(entry["kind"], entry["name"], **params)
     except ConfigError as exc:
         raise ConfigError(f"pipeline.{role}: {exc}") from None
+
+
+def optional_value(config: dict[str, Any], section: str, key: str, default: Any, types: type | tuple[type, ...],
+                   check=None, what: str = "") -> Any:
+    """:func:`section_value` of a key that configurations may lack (stored before it existed): ``default`` then."""
+    if key not in config[section]:
+        return default
+    return section_value(config, section, key, types, check, what)
 
 
 def section_value(config: dict[str, Any], section: str, key: str, types: type | tuple[type, ...],

@@ -46,7 +46,8 @@ class Method(ABC):
     """
 
     app: str = ""
-    #: pipeline roles that are not models (listed by ``components``) — informational
+    #: the components that can fill each pipeline role (listed by ``components``); every role of the app's
+    #: pipeline.toml has an entry (an empty list: the default is the only working choice)
     alternatives: dict[str, list[str]] = {}
 
     def __init__(self, config: dict[str, Any], device: torch.device):

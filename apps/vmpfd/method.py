@@ -35,7 +35,7 @@ from torch import nn
 from ssmad.core import AnomalyOutput, ConfigError
 from ssmad.heads.losses import ssim
 
-from ..common.config import build_role, component, section_value
+from ..common.config import NUMBER, build_role, component, optional_value, section_value
 from ..common.method import Method, fused_if_possible
 
 
@@ -66,7 +66,9 @@ class Adapter(nn.Sequential):
 
 class VMPFD(Method):
     app = "vmpfd"
-    alternatives = {"autoencoder": ["vim_ae", "cnn_ae"], "pdn": ["pdn_small", "pdn_medium"]}
+    alternatives = {"autoencoder": ["vim_ae", "cnn_ae"], "pdn": ["pdn_small", "pdn_medium"],
+                    # one working choice each (a role is switched off with enabled = false where optional)
+                    "density": [], "smooth_global": [], "norm_local": [], "norm_global": [], "fusion": []}
     branch_maps = ("local", "global")
 
     def __init__(self, config: dict[str, Any], device: torch.device):
@@ -83,10 +85,25 @@ class VMPFD(Method):
         # runs stored before the log-volume term existed trained without it
         self.lambda_volume = (section_value(config, "method", "lambda_volume", (int, float), lambda v: v >= 0,
                                             "a number >= 0") if "lambda_volume" in m else 0.0)
-        self.pdn_size = int(m.get("pdn_input_size", 0)) or self.image_size  # the PDN may see a smaller image
+        # the PDN may see a smaller image
+        self.pdn_size = optional_value(config, "method", "pdn_input_size", 0, int, lambda v: v == 0 or v >= 32,
+                                       "0 (the image size) or an integer >= 32") or self.image_size
         self.pdn_cache: dict[str, torch.Tensor] = {}  # pooled PDN features of the training images (frozen PDN)
-        self.lambda_mse = float(m.get("lambda_mse", 5.0))
-        self.lambda_ssim = float(m.get("lambda_ssim", 1.0))
+        self.lambda_mse = float(optional_value(config, "method", "lambda_mse", 5.0, NUMBER, lambda v: v >= 0,
+                                               "a number >= 0"))
+        self.lambda_ssim = float(optional_value(config, "method", "lambda_ssim", 1.0, NUMBER, lambda v: v >= 0,
+                                                "a number >= 0"))
+        # the PDN's distillation (when it has no weights file), checked before any training starts
+        self.distill = {
+            "teacher": optional_value(config, "method", "distill_teacher", "efficientnet_lite0", str, None,
+                                      "a backbone name"),
+            "steps": optional_value(config, "method", "distill_steps", 2000, int, lambda v: v >= 1,
+                                    "an integer >= 1"),
+            "batch_size": optional_value(config, "method", "distill_batch_size", 8, int, lambda v: v >= 1,
+                                         "an integer >= 1"),
+            "lr": float(optional_value(config, "method", "distill_lr", 5e-4, NUMBER, lambda v: v > 0,
+                                       "a number > 0")),
+        }
         pdn = build_role(config, "pdn")
         if pdn is None:
             raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
@@ -163,19 +180,18 @@ class VMPFD(Method):
 
         from ssmad.backbones import DistillSettings, distill
 
-        m = self.config["method"]
+        d = self.distill
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".distill-") as tmp:
             for i in indices:  # the training images as files (also for in-memory datasets such as demo)
                 arr = (samples[i].image.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
                 Image.fromarray(arr).save(Path(tmp) / f"{i:06d}.png")
-            print(f"distilling {component(self.config, 'pdn')['name']} from {m['distill_teacher']} on "
-                  f"{len(indices)} training images, {m['distill_steps']} steps -> {out}", flush=True)
+            print(f"distilling {component(self.config, 'pdn')['name']} from {d['teacher']} on "
+                  f"{len(indices)} training images, {d['steps']} steps -> {out}", flush=True)
             distill(DistillSettings(
-                teacher=str(m["distill_teacher"]), images=tmp, out=str(out), steps=int(m["distill_steps"]),
+                teacher=d["teacher"], images=tmp, out=str(out), steps=d["steps"],
                 pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.pdn_size,
-                batch_size=int(m.get("distill_batch_size", 8)), lr=float(m.get("distill_lr", 5e-4)),
-                seed=int(self.config["train"]["seed"]), device=str(self.device), workers=0,
-                log_every=max(1, int(m["distill_steps"]) // 20)))
+                batch_size=d["batch_size"], lr=d["lr"], seed=int(self.config["train"]["seed"]),
+                device=str(self.device), workers=0, log_every=max(1, d["steps"] // 20)))
 
     # -- model ------------------------------------------------------------------------------------------------
     @torch.no_grad()

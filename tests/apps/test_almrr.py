@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from apps.almrr.__main__ import APP
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +241,13 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
       "pipeline.distance_scale.enabled=false"], "pipeline.distance_scale"),
     (["train", "--preset", "smoke", "--set", "method.distance_weight=auto", "--set",
       "method.distance_weight_candidates=[0.1, -1]"], "method.distance_weight_candidates"),
+    # misspelt [method] / [data] keys were stored and ignored; bad method values raised a traceback or trained
+    (["train", "--preset", "smoke", "--set", "method.feature_sise=16"], "unknown key method.feature_sise; allowed: "
+                                                                        "feature_size"),
+    (["train", "--preset", "smoke", "--set", "data.image_sise=64"], "unknown key data.image_sise; allowed: image_size"),
+    (["train", "--preset", "smoke", "--set", 'method.lambda_rec="abc"'], "method.lambda_rec must be a number >= 0"),
+    (["train", "--preset", "smoke", "--set", "method.lambda_dice=-5"], "method.lambda_dice must be a number >= 0"),
+    (["train", "--preset", "smoke", "--set", "method.focal_gamma=true"], "method.focal_gamma must be a number >= 0"),
 ])
 def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     if argv[0] == "train":
@@ -246,6 +256,23 @@ def test_user_errors_are_one_clear_line(argv, needle, tmp_path, run_app):
     assert code == 2, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+
+
+@pytest.mark.parametrize("app", ["almrr", "vmpfd"])
+def test_every_role_declares_its_alternatives(app):
+    """``components`` lists for each role the components declared to work there (it listed every component of
+    the role's kind, e.g. the mdn head as a refiner, which fails); each is registered under the role's kind."""
+    import importlib
+    import tomllib
+
+    from ssmad.core import components
+
+    cls = importlib.import_module(f"apps.{app}.__main__").APP.method_cls
+    pipeline = tomllib.loads((ROOT / "apps" / app / "pipeline.toml").read_text())["pipeline"]
+    assert {e["role"] for e in pipeline} == set(cls.alternatives)
+    for entry in pipeline:
+        names = {c.name for c in components(entry["kind"])}
+        assert set(cls.alternatives[entry["role"]]) <= names, entry["role"]
 
 
 def test_components_lists_pipeline_and_alternatives(run_app):

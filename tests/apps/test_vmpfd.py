@@ -177,3 +177,21 @@ def test_select_best_needs_a_validation_score(tmp_path, run_app):
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", 'train.select="best"', "--out",
                            str(tmp_path / "r"), "--no-test")
     assert code == 2 and 'train.select = "best": vmpfd has no validation score' in err, err
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("method.gird=4", "unknown key method.gird; allowed: grid"),
+    ("method.distill_lr=0", "method.distill_lr must be a number > 0"),
+    ("method.distill_steps=2.5", "method.distill_steps must be an integer >= 1"),
+    ("method.lambda_ssim=-1", "method.lambda_ssim must be a number >= 0"),
+    ("method.pdn_input_size=8", "method.pdn_input_size must be 0 (the image size) or an integer >= 32"),
+])
+def test_method_keys_are_checked_before_training(override, needle):
+    """A misspelt [method] key was stored and ignored; bad distillation values failed (or trained) only once
+    training had begun. Both are one ConfigError now, raised while the configuration is read."""
+    from apps.common.config import load_config
+    from apps.vmpfd.method import VMPFD
+    from ssmad.core import ConfigError
+
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        VMPFD(load_config(APP.app_dir, "smoke", None, [override]), torch.device("cpu"))

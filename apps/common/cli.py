@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,24 @@ from .config import component, load_config, presets
 from .runs import latest_run, load_checkpoint, new_run_dir, write_config
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: what ``predict`` writes in its --out folder (``--overwrite`` removes the earlier ones, and only those)
+PREDICT_OUTPUTS = {"predictions.csv": None, "overlays": "*.png", "masks": "*.png", "maps": "*.npy"}
+PREDICT_NAMING = ("Output files are named after each image's file name without its extension (a.png gives "
+                  "overlays/a.png); when several inputs share that name, each is prefixed with its folder's name "
+                  "(x/a.png gives x_a), and a name still taken gets a number (x_a-2), the images named after "
+                  "themselves keeping theirs. The input order decides the numbers: folders are read in sorted order, "
+                  "skipping hidden files (names starting with '.').")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 class App:
@@ -54,31 +75,61 @@ class App:
         te.add_argument("--out", help="report folder (default RUN/report, or ./report-<time> for several runs)")
         te.add_argument("--figures", type=int, default=8, help="heat-map figures of the worst-scored images")
         te.add_argument("--device", default="auto")
-        te.add_argument("--batch-size", type=int)
-        pr = sub.add_parser("predict", help="score images with a trained run")
+        te.add_argument("--batch-size", type=positive_int, help="images per batch (default train.eval_batch_size)")
+        pr = sub.add_parser("predict", help="score images with a trained run", epilog=PREDICT_NAMING)
         pr.add_argument("--run", required=True, help="run folder")
         pr.add_argument("inputs", nargs="+", help="image files or folders")
-        pr.add_argument("--out", required=True, help="output folder")
+        pr.add_argument("--out", required=True, help="output folder (refused when it holds an earlier predict's "
+                                                     "results, unless --overwrite)")
+        pr.add_argument("--overwrite", action="store_true",
+                        help="remove the results of an earlier predict in --out first (predictions.csv, overlays/, "
+                             "masks/, maps/: only the files predict writes)")
         pr.add_argument("--save-maps", action="store_true",
                         help="also save raw float maps (.npy, input resolution; branch maps as STEM.BRANCH.npy)")
         pr.add_argument("--threshold", type=float, help="image decision threshold (default: from validation images)")
         pr.add_argument("--device", default="auto")
-        pr.add_argument("--batch-size", type=int, default=8)
+        pr.add_argument("--batch-size", type=positive_int, default=8)
         co = sub.add_parser("components", help="the default pipeline and the alternatives for each role")
         co.add_argument("--json", action="store_true")
         return p
 
     def main(self, argv: list[str] | None = None) -> int:
         args = self.parser().parse_args(argv)
+        self._train_dir: Path | None = None   # the run folder of ``train``, once known (for the interrupt message)
+        self._unfinished: str | None = None   # how to finish the unfinished run that test/predict use, if one
+        self._earlier_model: int | None = -1   # model.pt's mtime when training started (None: absent; -1: not yet)
         try:
-            return getattr(self, f"cmd_{args.verb}")(args)
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning(set())
+                return getattr(self, f"cmd_{args.verb}")(args)
         except SsmadError as exc:
+            from ssmad.scoring import NotFittedError
+
+            if isinstance(exc, NotFittedError) and self._unfinished:  # a method that cannot score without them
+                exc = CheckpointError(f"{exc}; the run cannot score images before it finishes training: "
+                                      f"{self._unfinished}")
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:
-            print("interrupted: completed epochs are kept in the run's checkpoint.pt (resume with --resume)",
-                  file=sys.stderr)
+            print(f"interrupted{self.interrupted_note(args)}", file=sys.stderr)
             return 130
+
+    def interrupted_note(self, args) -> str:
+        """What an interrupted command leaves behind, as the rest of the "interrupted" line."""
+        if args.verb != "train":
+            return ""
+        run_dir = self._train_dir
+        if run_dir is None:
+            return " before training started; nothing was written"
+        ckpt, model = run_dir / "checkpoint.pt", run_dir / "model.pt"
+        if model.is_file() and self._earlier_model != -1 and model.stat().st_mtime_ns != self._earlier_model:
+            return (f" after training: the model is in {model}; evaluate it with: python -m apps.{self.name} test "
+                    f"--run {shlex.quote(str(run_dir))}")
+        if ckpt.is_file():
+            return (f": the completed epochs are kept in {ckpt}; resume with: python -m apps.{self.name} train "
+                    f"--resume --out {shlex.quote(str(run_dir))}")
+        return (f" before the first epoch completed: {run_dir} holds no checkpoint to resume; start the training "
+                f"again")
 
     # -- train ------------------------------------------------------------------------------------------------
     def train_config(self, args) -> dict[str, Any]:
@@ -140,10 +191,23 @@ class App:
         from .engine import seed_everything, train
 
         device = resolve_device(args.device)
+        if args.out:
+            out_folder(Path(args.out), "--out")
         if args.resume:
             run_dir = Path(args.out) if args.out else latest_run(self.name)
+            if not run_dir.is_dir():
+                raise CheckpointError(f"run folder not found: {run_dir}")
+            self._train_dir = run_dir
             ckpt = load_checkpoint(run_dir / "checkpoint.pt", self.name)
             config = self.resume_config(args, ckpt["config"])
+            done, epochs = int(ckpt["epoch"]), int(config["train"]["epochs"])
+            if args.epochs is not None and args.epochs < done:
+                raise ConfigError(f"--epochs {args.epochs}: {run_dir} has already completed {done} epochs; give "
+                                  f"--epochs {done} or more to train longer (or leave it out)")
+            if done >= epochs and (run_dir / "model.pt").is_file():
+                print(f"{run_dir} already finished: {done} of {epochs} epochs trained and model.pt written; nothing "
+                      f"to do (raise --epochs to train longer)", flush=True)
+                return 0
         else:
             config = self.train_config(args)
             run_dir = Path(args.out) if args.out else new_run_dir(self.name, config)
@@ -156,13 +220,16 @@ class App:
         seed_everything(int(config["train"]["seed"]))    # the initial weights too: a run repeats with its seed
         method = self.method_cls(config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._train_dir = run_dir
         write_config(run_dir, config)
         print(f"run folder: {run_dir}", flush=True)
+        self._earlier_model = (run_dir / "model.pt").stat().st_mtime_ns if (run_dir / "model.pt").is_file() else None
         train(method, config, run_dir, resume=args.resume, data=data)
         if not args.no_test:
             self.evaluate_runs([run_dir], run_dir / "report", device, figures=8, method=method)
-        print(f"done. run: {run_dir}\n  evaluate: python -m apps.{self.name} test --run {run_dir}\n"
-              f"  predict:  python -m apps.{self.name} predict --run {run_dir} IMAGES --out OUT", flush=True)
+        run = shlex.quote(str(run_dir))
+        print(f"done. run: {run_dir}\n  evaluate: python -m apps.{self.name} test --run {run}\n"
+              f"  predict:  python -m apps.{self.name} predict --run {run} IMAGES --out OUT", flush=True)
         return 0
 
     # -- test -------------------------------------------------------------------------------------------------
@@ -172,6 +239,35 @@ class App:
         method.load_state_dict(ckpt["state"])
         method.train(False)
         return method, ckpt
+
+    def unfinished_note(self, run: Path, ckpt: dict[str, Any], verb: str) -> bool:
+        """Print one line when ``ckpt`` is not a finished model (an epoch checkpoint: no thresholds, no statistics
+        fitted after training) or, for ``predict``, a finished one without thresholds; True when it is unfinished.
+        The methods' own warnings about the missing statistics are silenced then: this line says it."""
+        unfinished = "thresholds" not in ckpt  # model.pt always holds them (empty without held-out images)
+        run_dir = run if run.is_dir() else run.parent
+        if unfinished:
+            done, epochs = ckpt.get("epoch"), ckpt.get("config", {}).get("train", {}).get("epochs")
+            if run.is_dir() or not (run_dir / "model.pt").is_file():
+                what = (f"{run_dir} did not finish training (its checkpoint.pt holds epoch {done} of {epochs}, no "
+                        f"model.pt)")
+                fix = (f"; finish it with: python -m apps.{self.name} train --resume --out "
+                       f"{shlex.quote(str(run_dir))}")
+            else:
+                what = f"{run} is the checkpoint of epoch {done} of {epochs}, not the finished model"
+                fix = f"; use --run {shlex.quote(str(run_dir))} for its model.pt"
+            means = ("its maps are not normalised" + (", and without decision thresholds no image gets a decision "
+                     "unless --threshold is given (no masks are written)" if verb == "predict" else ""))
+            print(f"note: {what}: without the statistics fitted after training {means}{fix}", file=sys.stderr,
+                  flush=True)
+            self._unfinished = fix.lstrip("; ")
+            warnings.filterwarnings("ignore", message=r".*a checkpoint of a training that did not finish",
+                                    category=RuntimeWarning)
+        elif verb == "predict" and not ckpt.get("thresholds"):
+            print(f"note: {run_dir} has no decision thresholds (it held out no normal images when training): no "
+                  f"image gets a decision unless --threshold is given, and no masks are written",
+                  file=sys.stderr, flush=True)
+        return unfinished
 
     def cmd_test(self, args) -> int:
         from ssmad.core.device import resolve_device
@@ -184,6 +280,7 @@ class App:
             out = runs[0] / "report"
         else:
             out = Path(f"report-{time.strftime('%Y%m%d-%H%M%S')}")
+        out_folder(out, "--out")
         self.evaluate_runs(runs, out, device, figures=args.figures, batch_size=args.batch_size)
         return 0
 
@@ -203,6 +300,7 @@ class App:
         for run_dir in runs:
             if method is None or len(runs) > 1:
                 method, ckpt = self.load_method(run_dir, device)
+                self.unfinished_note(run_dir, ckpt, "test")
             config = method.config
             data = open_data(config)
             if len(data.test) == 0:
@@ -224,7 +322,7 @@ class App:
             timing[name] = {"inference_s_per_image": info["per_image_s"], "batch_size": bs, "device": str(device)}
             fig_dir = out / "figures" / name.replace(" ", "_").replace("/", "_")
             if figures > 0:
-                names = [Path(p).name for p in data.test.paths]
+                names = output_stems([Path(p) for p in data.test.paths])   # the figure adds ".png"
                 save_worst(fig_dir, TestImages(data.test), maps, masks, labels, scores, names, k=figures)
         title = f"apps.{self.name}" + (f" ({'; '.join(notes)})" if notes else "")
         json_path, md_path = write_metrics(out, results, title=title)
@@ -243,59 +341,86 @@ class App:
     # -- predict ----------------------------------------------------------------------------------------------
     def cmd_predict(self, args) -> int:
         import torch
+        from PIL import Image
 
         from ssmad.core.device import resolve_device
         from ssmad.core.files import atomic_write_text
         from ssmad.datasets import load_image, resize_image
         from ssmad.scoring.report import overlay
 
+        out = Path(args.out)
+        out_folder(out, "--out")
+        earlier = earlier_predictions(out)
+        if earlier and not args.overwrite:
+            raise ConfigError(f"--out {out}: already holds the results of an earlier predict "
+                              f"({', '.join(earlier)}); choose another folder, or give --overwrite to replace them "
+                              "(nothing was changed)")
         device = resolve_device(args.device)
         method, ckpt = self.load_method(Path(args.run), device)
+        files = collect_images(args.inputs, skip=[out / sub for sub in PREDICT_OUTPUTS])
+        self.unfinished_note(Path(args.run), ckpt, "predict")
         size = int(method.config["data"]["image_size"])
-        files = collect_images(args.inputs)
         thresholds = ckpt.get("thresholds") or {}
         threshold = args.threshold if args.threshold is not None else thresholds.get("image")
         pixel_threshold = thresholds.get("pixel")
-        out = Path(args.out)
-        (out / "masks").mkdir(parents=True, exist_ok=True)
+        if earlier:
+            clear_predictions(out)
         (out / "overlays").mkdir(parents=True, exist_ok=True)
+        if pixel_threshold is not None:
+            (out / "masks").mkdir(parents=True, exist_ok=True)
         if args.save_maps:
             (out / "maps").mkdir(parents=True, exist_ok=True)
-        rows = []
-        from PIL import Image
-
+        stems = output_stems(files)
+        rows: dict[int, dict[str, str]] = {}
+        empty = {"score": "", "decision": "", "threshold": "", "overlay": "", "mask": "", "error": ""}
         for start in range(0, len(files), args.batch_size):
-            chunk = files[start:start + args.batch_size]
-            originals = [load_image(f) for f in chunk]  # H×W×3 float in [0, 1]; DataError names a bad file
+            chunk, originals = [], []
+            for k in range(start, min(start + args.batch_size, len(files))):
+                try:
+                    originals.append(load_image(files[k]))  # H×W×3 float in [0, 1]
+                    chunk.append(k)
+                except (DataError, OSError, ValueError) as exc:  # one unreadable image: its row says why
+                    why = str(exc) if isinstance(exc, DataError) else f"cannot read image {files[k]}: {exc}"
+                    rows[k] = {"image": str(files[k]), **empty, "error": why}
+                    print(f"error: {why} (skipped)", file=sys.stderr, flush=True)
+            if not chunk:
+                continue
             batch = torch.stack([resize_image(im, size) for im in originals]).to(device)
             res = method.predict(batch)
             maps = res.anomaly_map[:, 0].float().cpu()
             branches = {name: m[:, 0].float().cpu() for name, m in res.extras.items()} if args.save_maps else {}
-            for i, (f, im, amap, score) in enumerate(zip(chunk, originals, maps, res.score.float().cpu().tolist())):
+            for i, (k, im, amap, score) in enumerate(zip(chunk, originals, maps, res.score.float().cpu().tolist())):
+                f, stem = files[k], stems[k]
                 full = _to_size(amap, im.shape[:2])
-                stem = unique_stem(f, files)
                 vmin, vmax = display_range(thresholds, full)
                 Image.fromarray(overlay(im, full, vmin=vmin, vmax=vmax)).save(out / "overlays" / f"{stem}.png")
-                mask = full > pixel_threshold if pixel_threshold is not None else np.zeros_like(full, bool)
-                Image.fromarray((mask * 255).astype(np.uint8)).save(out / "masks" / f"{stem}.png")
+                if pixel_threshold is not None:
+                    mask = ((full > pixel_threshold) * 255).astype(np.uint8)
+                    Image.fromarray(mask).save(out / "masks" / f"{stem}.png")
                 if args.save_maps:  # the method's map, and each branch map alone as <stem>.<branch>.npy
                     np.save(out / "maps" / f"{stem}.npy", full.astype(np.float32))
                     for name, bmaps in branches.items():
                         branch = _to_size(bmaps[i], im.shape[:2])
                         np.save(out / "maps" / f"{stem}.{name}.npy", branch.astype(np.float32))
                 decision = "" if threshold is None else ("anomalous" if score > threshold else "normal")
-                rows.append({"image": str(f), "score": f"{score:.6g}", "decision": decision,
-                             "threshold": "" if threshold is None else f"{threshold:.6g}",
-                             "overlay": f"overlays/{stem}.png", "mask": f"masks/{stem}.png"})
-                print(f"{f}: score {score:.4f} {decision}", flush=True)
+                rows[k] = {"image": str(f), "score": f"{score:.6g}", "decision": decision,
+                           "threshold": "" if threshold is None else f"{threshold:.6g}",
+                           "overlay": f"overlays/{stem}.png",
+                           "mask": "" if pixel_threshold is None else f"masks/{stem}.png", "error": ""}
+                print(f"{f}: score {score:.4f} {decision}".rstrip(), flush=True)
         import io
 
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buf, fieldnames=["image", *empty])
         writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out / "predictions.csv", buf.getvalue())
-        print(f"{len(rows)} images scored; results in {out / 'predictions.csv'}")
+        writer.writerows(rows[k] for k in sorted(rows))
+        csv_path = atomic_write_text(out / "predictions.csv", buf.getvalue())
+        failed = sum(bool(r["error"]) for r in rows.values())
+        print(f"{len(rows) - failed} images scored; results in {csv_path}", flush=True)
+        if failed:
+            print(f"error: {failed} of {len(rows)} images could not be read (the error column of {csv_path} says "
+                  f"why)", file=sys.stderr, flush=True)
+            return 2
         return 0
 
     # -- components -------------------------------------------------------------------------------------------
@@ -369,25 +494,100 @@ def display_range(thresholds: dict[str, float], amap: np.ndarray) -> tuple[float
     return float(amap.min()), max(float(amap.max()), float(amap.min()) + 1e-6)
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
+def out_folder(path: Path, flag: str) -> Path:
+    """``path`` as an output folder: a ConfigError when it is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a folder")
+    return path
+
+
+def earlier_predictions(out: Path) -> list[str]:
+    """The outputs of an earlier ``predict`` in ``out`` (predictions.csv, or a subfolder that holds files)."""
+    found = []
+    for name, pattern in PREDICT_OUTPUTS.items():
+        p = out / name
+        if (pattern is None and p.exists()) or (pattern is not None and p.is_dir() and any(p.iterdir())):
+            found.append(name + ("/" if pattern else ""))
+    return found
+
+
+def clear_predictions(out: Path) -> None:
+    """Remove what ``predict`` writes from ``out``: predictions.csv, overlays/*.png, masks/*.png, maps/*.npy; a
+    subfolder goes too once empty. Any other file stays."""
+    for name, pattern in PREDICT_OUTPUTS.items():
+        p = out / name
+        if pattern is None:
+            p.unlink(missing_ok=True)
+        elif p.is_dir():
+            for f in p.glob(pattern):
+                if f.is_file():
+                    f.unlink()
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def _one_line_warning(seen: set[tuple[type, str]]):
+    """A ``warnings.showwarning`` that prints each distinct warning once, as one plain line on stderr: "note: ..."
+    for metrics the data cannot define, "warning: ..." for the rest (no source line)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        from ssmad.scoring import MetricUndefinedWarning
+
+        text = " ".join(str(message).split())
+        if (category, text) in seen:
+            return
+        seen.add((category, text))
+        if issubclass(category, MetricUndefinedWarning):
+            print(f"note: {text}", file=sys.stderr, flush=True)
+        else:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+    return show
+
+
+def collect_images(inputs: list[str], skip: Sequence[Path] = ()) -> list[Path]:
+    """The image files of ``inputs`` (files, or folders searched recursively in sorted order, skipping hidden files
+    and folders, whose names start with ".", and the folders in ``skip``), each file once, in order."""
     files: list[Path] = []
+    skipped = {s.resolve() for s in skip}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                           and not skipped.intersection(f.resolve().parents))
             if not found:
-                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; hidden "
+                                f"files skipped)")
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
-    return files
+    unique: dict[Path, Path] = {}
+    for f in files:
+        unique.setdefault(f.resolve(), f)   # a file given twice (or inside a folder also given) is scored once
+    return list(unique.values())
 
 
-def unique_stem(f: Path, files: list[Path]) -> str:
-    same = [g for g in files if g.stem == f.stem]
-    if len(same) == 1:
-        return f.stem
-    return f"{f.parent.name}_{f.stem}" if sum(g.parent.name == f.parent.name for g in same) == 1 else \
-        f"{f.stem}_{files.index(f)}"
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """A unique output name (no extension) for each file, compared ignoring case (a case-insensitive file system
+    would merge them): its stem when no other file has it, else ``FOLDER_STEM``; a name still taken gets ``-2``,
+    ``-3``, ... in input order, the files named by their own stem choosing first. So an image keeps its own name
+    whether predicted alone or with others, unless another input has the same name."""
+    def key(name: str) -> str:
+        return name.casefold()
+
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[key(f.stem)] = counts.get(key(f.stem), 0) + 1
+    wanted = [f.stem if counts[key(f.stem)] == 1 or not f.resolve().parent.name else
+              f"{f.resolve().parent.name}_{f.stem}" for f in files]
+    names: list[str] = [""] * len(files)
+    taken: set[str] = set()
+    for i in sorted(range(len(files)), key=lambda i: wanted[i] != files[i].stem):  # stable: input order within
+        name, n = wanted[i], 1
+        while key(name) in taken:
+            n += 1
+            name = f"{wanted[i]}-{n}"
+        taken.add(key(name))
+        names[i] = name
+    return names

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata as md
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path, app: str | None = None) -> dict[str, Any]:
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}" if path.suffix == ".pt" else
+                              f"run folder not found: {path}")
     if path.is_dir():
         for name in ("model.pt", "checkpoint.pt"):
             if (path / name).is_file():
@@ -86,11 +90,15 @@ def load_checkpoint(path: str | Path, app: str | None = None) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # not a torch file, or one holding objects (torch's advice would be to unpickle)
+        raise CheckpointError(f"{path} is not a checkpoint written by ssmad") from None
     except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"{path}: not a readable ssmad checkpoint ({type(exc).__name__}: {exc})") from None
+        why = str(exc).strip().split("\n")[0].split(". ")[0]  # the first sentence: torch appends advice
+        raise CheckpointError(f"{path}: not a readable ssmad checkpoint, truncated or damaged "
+                              f"({type(exc).__name__}: {why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: not an ssmad checkpoint (format {found!r})")
+        raise CheckpointError(f"{path} is not a checkpoint written by ssmad (format {found!r})")
     if app is not None and ckpt.get("app") != app:
         raise CheckpointError(f"{path}: this checkpoint is from apps.{ckpt.get('app')}, not apps.{app}")
     return ckpt

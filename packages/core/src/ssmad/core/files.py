@@ -16,12 +16,20 @@ from .errors import ConfigError
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temporary file beside it, then rename over it.
 
-    A crash or an exception leaves the previous file untouched.
+    A crash or an exception leaves the previous file untouched. The file gets the previous file's permissions, or
+    those of any new file (0666 less the umask; the temporary file alone would be 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            perms = path.stat().st_mode & 0o7777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            perms = 0o666 & ~umask
+        os.chmod(tmp, perms)
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
@@ -49,6 +57,9 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: not UTF-8 text (byte {exc.start}: "
+                          f"{exc.object[exc.start:exc.start + 1]!r}); is it a TOML file?") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc}") from None
 

@@ -290,7 +290,7 @@ class App:
         from ssmad.scoring.report import save_worst, write_metrics
 
         from .data import open_data
-        from .engine import infer
+        from .engine import check_split, infer
 
         results: dict[str, dict[str, float]] = {}
         branch_results: dict[str, dict[str, float]] = {}
@@ -303,6 +303,8 @@ class App:
                 self.unfinished_note(run_dir, ckpt, "test")
             config = method.config
             data = open_data(config)
+            for note in check_split(run_dir, data):   # a DataError when training images are now test images
+                print(f"note: {note}", file=sys.stderr, flush=True)
             if len(data.test) == 0:
                 raise DataError(f"{config['data']['spec']}: the test split is empty; nothing to evaluate")
             bs = batch_size or int(config["train"]["eval_batch_size"])

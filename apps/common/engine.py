@@ -54,6 +54,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
+    write_split(run_dir, data, train_idx, val_idx)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
     if len(items) < 2:
         raise DataError(f"{config['data']['spec']}: {len(items)} training image(s) after holding out "
@@ -155,6 +156,55 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
     return payload
+
+
+SPLIT_FILE = "split.json"
+
+
+def write_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -> None:
+    """The run's images by use (``split.json``: train, validation, test), for the user and for :func:`check_split`.
+    Datasets whose samples have no file paths (none so far) write nothing."""
+    train_paths = getattr(data.train, "paths", None)
+    test_paths = getattr(data.test, "paths", None)
+    if train_paths is None or test_paths is None:
+        return
+    split = {"train": [train_paths[i] for i in train_idx], "validation": [train_paths[i] for i in val_idx],
+             "test": list(test_paths)}
+    tmp = run_dir / (SPLIT_FILE + ".tmp")
+    tmp.write_text(json.dumps(split, indent=1) + "\n")
+    tmp.replace(run_dir / SPLIT_FILE)
+
+
+def check_split(run_dir: Path, data) -> list[str]:
+    """Compare the test split as the dataset lists it now with the one the run was trained with (``split.json``;
+    runs without it are not checked). A dataset split by a seed (a ``folder`` of normal images without
+    ``test_normal``, ``mtd``, ``nanotwice``) is split again from its current listing: images added to or removed
+    from the folder move others between training and test. An image the run trained on (or held out) that is now
+    a test image is a DataError; any other difference is returned as a note."""
+    path = run_dir / SPLIT_FILE
+    test_paths = getattr(data.test, "paths", None)
+    if not path.is_file() or test_paths is None:
+        return []
+    try:
+        split = json.loads(path.read_text())
+        seen = set(split["train"]) | set(split["validation"])
+        before = set(split["test"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
+    now = set(test_paths)
+    if not (now & (before | seen)):
+        return [f"none of the test images is where it was at training time (the data moved?); the test split "
+                f"was not compared with training time's ({path})"]
+    leaked = sorted(now & seen)
+    if leaked:
+        raise DataError(f"{len(leaked)} test image(s) were training images of this run (e.g. {leaked[0]}): the "
+                        f"dataset's folder changed since training and its split, made from the current listing, "
+                        f"moved them; restore the folder as it was (the run's images by use are in {path}) or "
+                        f"give the test images their own folder (test_normal)")
+    if now != before:
+        return [f"the test split differs from training time's: {len(now - before)} image(s) added, "
+                f"{len(before - now)} missing (the run's test images are listed in {path})"]
+    return []
 
 
 SELECT_FEW_IMAGES = 20        # train.select = "best" on fewer held-out images says its choice is noisy

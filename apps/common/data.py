@@ -13,9 +13,12 @@ from torch.utils.data import DataLoader, Dataset
 from ssmad.core import ConfigError, DataError, MissingParameterError, Sample
 
 
-def open_data(config: dict[str, Any]):
+def open_data(config: dict[str, Any], verify: bool = False):
     """The dataset object of ``[data]``: ``spec = "KIND:PATH"`` (or ``demo``), ``category``, ``image_size``,
-    and ``[data.params]`` for the dataset's own options."""
+    and ``[data.params]`` for the dataset's own options.
+
+    ``verify`` (for training): every listed image and mask is decoded and each mask's size checked now
+    (``AnomalyDataset.verify``), so a bad file is a DataError before training, not hours into it."""
     from ssmad.datasets import open_dataset
 
     data = config["data"]
@@ -24,11 +27,14 @@ def open_data(config: dict[str, Any]):
         params["category"] = data["category"]
     params.setdefault("image_size", int(data["image_size"]))
     try:
-        return open_dataset(str(data["spec"]), **params)
+        dataset = open_dataset(str(data["spec"]), **params)
     except MissingParameterError as exc:
         # the dataset's own options come from [data.params], on the command line --data-param KEY=VALUE
         raise MissingParameterError(f"{exc} (give it in [data.params] or with --data-param KEY=VALUE)",
                                     exc.names) from None
+    if verify:
+        dataset.verify()
+    return dataset
 
 
 def split_validation(train: Sequence[Sample], fraction: float, seed: int) -> tuple[list[int], list[int]]:

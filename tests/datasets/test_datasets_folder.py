@@ -75,7 +75,8 @@ def test_explicit_test_normal_and_several_folders(tmp_path):
     ds = build_folder(FolderConfig(normal=(str(tmp_path / "good_a"), str(tmp_path / "good_b")),
                                    test_normal=str(tmp_path / "t" / "ok")))
     assert len(ds.train) == 7 and len(ds.test) == 2 and ds.root is None
-    with pytest.raises(DataError, match="both training and test"):
+    with pytest.raises(DataError, match=r"n00\.png is listed as both training \(normal folder .*good_a\) and "
+                                        r"test-normal \(test_normal folder .*good_a\)"):
         build_folder(FolderConfig(root=str(tmp_path), normal="good_a", test_normal="good_a"))
 
 
@@ -107,3 +108,97 @@ def test_folder_config_through_registry(tmp_path):
     with pytest.raises(MissingParameterError, match="dataset 'folder': missing required parameter 'normal'$") as exc:
         build("dataset", "folder", root=str(tmp_path))
     assert exc.value.names == ("normal",) and isinstance(exc.value, ConfigError)
+
+
+# ---- one role per image ------------------------------------------------------------------------------------
+
+def _mvtec_like(root: Path) -> Path:
+    """train/good (4), test/good (2), test/crack (2) and ground_truth/crack/<stem>_mask.png."""
+    for i in range(4):
+        save(root / "train" / "good" / f"{i:03d}.png", rgb(i))
+    for i in range(2):
+        save(root / "test" / "good" / f"{i:03d}.png", rgb(10 + i))
+        save(root / "test" / "crack" / f"{i:03d}.png", rgb(20 + i))
+        save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png", box_mask())
+    return root
+
+
+def test_mvtec_like_tree_test_good_is_test_normal_only(tmp_path):
+    """abnormal=test holds test/good, given as test_normal: those images are test-normal, not anomalies."""
+    _mvtec_like(tmp_path)
+    ds = build_folder(FolderConfig(root=str(tmp_path), normal="train/good", test_normal="test/good",
+                                   abnormal="test"))
+    assert len(ds.train) == 4 and ds.test.labels == [0, 0, 1, 1] and not ds.has_masks
+    assert ds.test.defect_types == ["good", "good", "crack", "crack"]
+    assert [Path(p).parent.name for p in ds.test.paths] == ["good", "good", "crack", "crack"]
+    ds = build_folder(FolderConfig(root=str(tmp_path), normal="train/good", test_normal="test/good",
+                                   abnormal="test", masks="ground_truth"))
+    assert ds.has_masks and ds.test.labels == [0, 0, 1, 1]
+    assert [Path(e.mask_path).name for e in ds.test.entries if e.label] == ["000_mask.png", "001_mask.png"]
+    assert [float(s.mask.sum()) > 0 for s in ds.test] == [False, False, True, True]
+
+
+def test_masks_folder_inside_the_abnormal_folder_is_left_out(tmp_path):
+    _normal(tmp_path, 5)
+    for i in range(2):
+        save(tmp_path / "bad" / f"a{i}.png", rgb(60 + i))
+        save(tmp_path / "bad" / "gt" / f"a{i}.png", box_mask())  # masks inside bad/, no _mask suffix
+    ds = build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="bad", masks="bad/gt"))
+    assert ds.test.labels.count(1) == 2 and ds.has_masks
+    assert all("gt" not in Path(e.path).parts for e in ds.test.entries)
+    (tmp_path / "only").mkdir()
+    save(tmp_path / "only" / "gt" / "a0.png", box_mask())
+    with pytest.raises(DataError, match="no images in folder anomalous image folder .*only outside the folders"):
+        build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="only", masks="only/gt"))
+
+
+def test_an_image_in_two_roles_is_an_error(tmp_path):
+    _normal(tmp_path, 5)
+    _abnormal(tmp_path, "folder")
+    with pytest.raises(DataError, match=r"good/n0\d\.png is listed as both training \(normal folder .*good\) "
+                                        r"and anomalous \(abnormal folder .*good\); an image can have one role"):
+        build_folder(FolderConfig(root=str(tmp_path), normal="good", test_normal="bad", abnormal="good"))
+    with pytest.raises(DataError, match=r"bad/dent/a0\.png is listed as both training .* and anomalous"):
+        build_folder(FolderConfig(root=str(tmp_path), normal=".", abnormal="bad", masks="gt"))  # bad/ in .
+    with pytest.raises(DataError, match=r"scratch/a0\.png is listed twice as anomalous"):
+        build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal=("bad", "bad/scratch"), masks="gt"))
+    save(tmp_path / "tn" / "scratch" / "a1.png", box_mask())  # a test-normal image, and a mask by its name
+    with pytest.raises(DataError, match=r"tn/scratch/a1\.png is listed as both test-normal .* and mask "
+                                        r"\(the mask of .*bad/scratch/a1\.png\)"):
+        build_folder(FolderConfig(root=str(tmp_path), normal="good", test_normal="tn", abnormal="bad", masks="tn"))
+    ok = build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="bad", masks="gt"))
+    assert ok.test.labels.count(1) == 3
+
+
+def test_masks_beside_in_any_case(tmp_path):
+    """``000_MASK.png`` beside ``000.png``: left out of the images (as before) and now found as its mask."""
+    _normal(tmp_path, 5)
+    save(tmp_path / "bad" / "000.png", rgb(70))
+    save(tmp_path / "bad" / "000_MASK.png", box_mask())
+    save(tmp_path / "bad" / "001.png", rgb(71))
+    save(tmp_path / "bad" / "001_Mask.PNG", box_mask())
+    save(tmp_path / "bad" / "002.png", rgb(72))
+    save(tmp_path / "bad" / "002_MASK.png", box_mask(box=(0, 0, 2, 2)))
+    save(tmp_path / "bad" / "002_mask.png", box_mask())  # where names differ only in case: the exact spelling
+    ds = build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="bad"))
+    masks = {Path(e.path).name: Path(e.mask_path).name for e in ds.test.entries if e.label}
+    if (tmp_path / "bad" / "002_mask.png").samefile(tmp_path / "bad" / "002_MASK.png"):  # case-insensitive disk
+        masks.pop("002.png")
+        assert len(masks) == 2
+    else:
+        assert masks.pop("002.png") == "002_mask.png"
+    assert masks == {"000.png": "000_MASK.png", "001.png": "001_Mask.PNG"} and ds.has_masks
+
+
+def test_mask_folder_matched_ignoring_case(tmp_path):
+    _normal(tmp_path, 5)
+    save(tmp_path / "bad" / "Scratch" / "IMG_01.png", rgb(80))
+    save(tmp_path / "gt" / "scratch" / "img_01_MASK.png", box_mask())  # by relative path
+    save(tmp_path / "bad" / "Scratch" / "img_02.png", rgb(81))
+    save(tmp_path / "gt" / "IMG_02_mask.png", box_mask())  # by stem
+    ds = build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="bad", masks="gt"))
+    found = {Path(e.path).name: Path(e.mask_path).name for e in ds.test.entries if e.label}
+    assert found == {"IMG_01.png": "img_01_MASK.png", "img_02.png": "IMG_02_mask.png"}
+    save(tmp_path / "bad" / "Dent" / "IMG_02.png", rgb(82))  # its exact stem takes the mask; img_02 is ambiguous
+    with pytest.raises(DataError, match=r"missing mask for anomalous image .*Scratch/img_02\.png"):
+        build_folder(FolderConfig(root=str(tmp_path), normal="good", abnormal="bad", masks="gt"))

@@ -7,11 +7,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
+from ssmad_dataset_fixtures import H as H_
+from ssmad_dataset_fixtures import W as W_
 from ssmad_dataset_fixtures import box_mask, rgb, save
 
 from ssmad.core import DataError
-from ssmad.datasets import Entry, list_images, load_entry, load_image, load_mask, resize_image, resize_mask
+from ssmad.datasets import (
+    Entry,
+    decoded_size,
+    list_images,
+    load_entry,
+    load_image,
+    load_mask,
+    read_size,
+    resize_image,
+    resize_mask,
+)
+from ssmad.datasets.io import orient_array
 
 
 def test_modes_become_rgb_float(tmp_path):
@@ -86,10 +99,103 @@ def test_masks_binarised_at_half(tmp_path):
     np.testing.assert_array_equal(load_mask(save(tmp_path / "c.png", colour)), [[1, 0], [0, 0]])
     bits = save(tmp_path / "b.png", box_mask(), mode="1")
     np.testing.assert_array_equal(load_mask(bits), box_mask() / 255)
-    labels = box_mask(value=1)  # label-valued mask (VisA): only the nonzero rule sees it
+    labels = box_mask(value=2)  # label-valued mask (VisA): only the nonzero rule sees it
     p = save(tmp_path / "lab.png", labels)
     assert load_mask(p).sum() == 0
-    np.testing.assert_array_equal(load_mask(p, "nonzero"), labels)
+    np.testing.assert_array_equal(load_mask(p, "nonzero"), labels > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_zero_one_masks_are_binary(tmp_path, dtype):
+    """A mask holding only 0 and 1 (8- or 16-bit) is a binary mask, not 1/255 (1/65535) of the range."""
+    m = box_mask(value=1).astype(dtype)
+    p = save(tmp_path / f"m01_{np.dtype(dtype).itemsize}.png", m)
+    for rule in ("half", "nonzero"):
+        out = load_mask(p, rule)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, m)
+    colour = np.zeros((4, 4, 3), np.uint8)
+    colour[1, 2] = (0, 1, 0)  # 0/1 in one colour channel
+    np.testing.assert_array_equal(load_mask(save(tmp_path / "c01.png", colour)), colour.max(2))
+    ones_and_more = box_mask(value=1)
+    ones_and_more[0, 0] = 2  # not a 0/1 mask: the range rule applies (nothing above half)
+    assert load_mask(save(tmp_path / "m012.png", ones_and_more)).sum() == 0
+
+
+def test_mask_in_the_alpha_channel(tmp_path):
+    rgba = np.zeros((H_, W_, 4), np.uint8)
+    rgba[..., 3] = box_mask(H_, W_)  # colour all zero, the drawing in the alpha
+    np.testing.assert_array_equal(load_mask(save(tmp_path / "alpha.png", rgba)), box_mask(H_, W_) / 255)
+    la = np.zeros((H_, W_, 2), np.uint8)
+    la[..., 1] = box_mask(H_, W_)
+    np.testing.assert_array_equal(load_mask(save(tmp_path / "la.png", la)), box_mask(H_, W_) / 255)
+    opaque_black = np.zeros((H_, W_, 4), np.uint8)
+    opaque_black[..., 3] = 255  # a uniform alpha draws nothing: an empty mask, not a full one
+    assert load_mask(save(tmp_path / "black.png", opaque_black)).sum() == 0
+    drawn = np.zeros((H_, W_, 4), np.uint8)
+    drawn[..., 0] = box_mask(H_, W_)
+    drawn[..., 3] = 255 - box_mask(H_, W_)  # colour present: the alpha is dropped as before
+    np.testing.assert_array_equal(load_mask(save(tmp_path / "drawn.png", drawn)), box_mask(H_, W_) / 255)
+
+
+def _exif_file(path, array: np.ndarray, orientation: int):
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=ex.tobytes(), **({"quality": 95} if path.suffix == ".jpg" else {}))
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied(tmp_path, orientation):
+    """Images and masks are read as displayed: the EXIF orientation is applied (as ImageOps.exif_transpose)."""
+    a = np.zeros((H_, W_, 3), np.uint8)
+    a[2:6, 3:12] = (255, 128, 0)  # an asymmetric block: every orientation puts it elsewhere
+    p = _exif_file(tmp_path / f"o{orientation}.png", a, orientation)  # lossless: exact comparisons
+    with Image.open(p) as img:
+        shown = np.asarray(ImageOps.exif_transpose(img))
+    assert (shown.shape[:2] == (W_, H_)) == (orientation >= 5)
+    out = load_image(p)
+    np.testing.assert_allclose(out, shown / 255.0, atol=1e-6)
+    assert read_size(p) == out.shape[:2] == decoded_size(p)
+    np.testing.assert_array_equal(load_mask(p), shown.max(axis=2) > 127)
+    np.testing.assert_array_equal(orient_array(a, orientation), shown)  # the numpy twin (16-bit colour TIFFs)
+    jpeg = _exif_file(tmp_path / f"o{orientation}.jpg", a, orientation)
+    assert load_image(jpeg).shape == shown.shape and read_size(jpeg) == shown.shape[:2]
+
+
+def test_exif_orientation_of_sixteen_bit_colour_tiff(tmp_path):
+    """tifffile's full-depth array of a TIFF with an orientation tag is turned like PIL turns the image."""
+    tifffile = pytest.importorskip("tifffile")
+    v = np.zeros((6, 5, 3), np.uint16)
+    v[0, :2, 0] = 65535
+    v[..., 1] = 1000
+    p = tmp_path / "o6.tif"
+    tifffile.imwrite(p, v, photometric="rgb", extratags=[(0x0112, "H", 1, 6, False)])
+    out = load_image(p)
+    np.testing.assert_allclose(out[..., 0], np.rot90(v[..., 0], -1) / 65535, atol=1e-6)  # 90° clockwise
+    np.testing.assert_allclose(out[..., 1], 1000 / 65535, atol=1e-6)  # full depth kept
+    assert read_size(p) == decoded_size(p) == (5, 6)
+
+
+def test_exif_orientation_image_and_mask_fit(tmp_path):
+    """A phone JPEG stored landscape, shown portrait, with its mask drawn on the shown picture: they line up."""
+    a = rgb(7, H_, W_)
+    shown_mask = np.zeros((W_, H_), np.uint8)
+    shown_mask[1:5, 2:9] = 255
+    img = _exif_file(tmp_path / "phone.jpg", a, 6)
+    m = save(tmp_path / "phone_mask.png", shown_mask)
+    s = load_entry(Entry(path=str(img), label=1, mask_path=str(m)), 16)  # would fail: 28×20 vs 20×28
+    assert s.original_size == (W_, H_) and float(s.mask.sum()) > 0
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+@pytest.mark.parametrize("payload", [b"Exif\x00\x00MM\x00*\x00\x00\x00\xff", b"Exif\x00\x00XX",
+                                     b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00"
+                                     b"\x00\x01\x00\x09\x00\x00"])  # truncated, not TIFF, orientation 9
+def test_bad_exif_does_not_make_an_image_unreadable(tmp_path, payload):
+    p = tmp_path / "badexif.jpg"
+    Image.fromarray(rgb(8)).save(p, exif=payload)
+    assert load_image(p).shape == (H_, W_, 3) and read_size(p) == (H_, W_)
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n garbage", b"GIF89a not really"])

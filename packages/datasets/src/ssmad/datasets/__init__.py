@@ -8,10 +8,12 @@ Registered as kind ``dataset`` (``build("dataset", name, root=..., category=...,
     from ssmad.datasets import open_dataset, load_image
     ds = open_dataset("mvtec:/data/mvtec", category="carpet")
     ds = open_dataset("demo")
+    ds.verify()  # before training: every file decoded, every mask's size checked (DataError naming the file)
 """
 
 from .base import (
     AnomalyDataset,
+    EmptyMaskWarning,
     Entry,
     MemoryList,
     SampleList,
@@ -22,7 +24,17 @@ from .base import (
 )
 from .demo import DEFECT_KINDS, DEMO_TEXTURES, DemoConfig, build_demo
 from .folder import FolderConfig, build_folder
-from .io import IMAGE_EXTENSIONS, list_images, load_image, load_mask, read_size, read_unit, resize_image, resize_mask
+from .io import (
+    IMAGE_EXTENSIONS,
+    decoded_size,
+    list_images,
+    load_image,
+    load_mask,
+    read_size,
+    read_unit,
+    resize_image,
+    resize_mask,
+)
 from .layouts import (
     BTADConfig,
     MTDConfig,
@@ -37,12 +49,13 @@ from .layouts import (
 )
 from .open import open_dataset, parse_spec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "DEFECT_KINDS", "DEMO_TEXTURES", "IMAGE_EXTENSIONS", "AnomalyDataset", "BTADConfig", "DemoConfig", "Entry",
-    "FolderConfig", "MTDConfig", "MVTecConfig", "MemoryList", "NanoTWICEConfig", "SampleList", "VisAConfig",
-    "as_numpy_image", "build_btad", "build_demo", "build_folder", "build_mtd", "build_mvtec", "build_nanotwice",
-    "build_visa", "collate_samples", "list_images", "load_entry", "load_image", "load_mask", "open_dataset",
-    "parse_spec", "read_size", "read_unit", "resize_image", "resize_mask", "seeded_split",
+    "DEFECT_KINDS", "DEMO_TEXTURES", "IMAGE_EXTENSIONS", "AnomalyDataset", "BTADConfig", "DemoConfig",
+    "EmptyMaskWarning", "Entry", "FolderConfig", "MTDConfig", "MVTecConfig", "MemoryList", "NanoTWICEConfig",
+    "SampleList", "VisAConfig", "as_numpy_image", "build_btad", "build_demo", "build_folder", "build_mtd",
+    "build_mvtec", "build_nanotwice", "build_visa", "collate_samples", "decoded_size", "list_images", "load_entry",
+    "load_image", "load_mask", "open_dataset", "parse_spec", "read_size", "read_unit", "resize_image", "resize_mask",
+    "seeded_split",
 ]

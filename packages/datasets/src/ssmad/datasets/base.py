@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, overload
 
@@ -14,9 +17,14 @@ import torch
 
 from ssmad.core import DataError, Sample, suggest
 
-from .io import MaskRule, load_image, load_mask, read_unit, resize_image, resize_mask
+from .io import MaskRule, decoded_size, load_image, load_mask, read_unit, resize_image, resize_mask
 
 ASPECT_TOLERANCE = 0.02  # a mask of another size is accepted (and resized) when its aspect ratio matches
+
+
+class EmptyMaskWarning(UserWarning):
+    """Anomalous images whose mask holds no defect pixel once read (:meth:`AnomalyDataset.verify`): their pixel
+    metrics treat them as defect-free, usually the sign of a mask encoding the reader does not recognise."""
 
 
 @attrs.frozen
@@ -31,6 +39,26 @@ class Entry:
     mask_rule: MaskRule = "half"
 
 
+def check_mask_size(entry: Entry, mask_size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """DataError unless a mask of ``mask_size`` (h, w) fits its image of ``image_size``: the same size, or the same
+    aspect ratio within :data:`ASPECT_TOLERANCE` (it is then resized with the image)."""
+    (mh, mw), (h, w) = mask_size, image_size
+    if (mh, mw) != (h, w) and abs(mw / mh - w / h) > ASPECT_TOLERANCE * (w / h):
+        raise DataError(f"mask {entry.mask_path} is {mh}×{mw} but its image {entry.path} is {h}×{w} "
+                        f"(different aspect ratio)")
+
+
+def check_entry(entry: Entry) -> bool:
+    """Fully decode an entry's image and mask and check the mask's size as :func:`load_entry` does; DataError naming
+    the file at the first problem. Returns whether the entry is anomalous with an empty mask."""
+    image_size = decoded_size(entry.path, "image")
+    if entry.mask_path is None:
+        return False
+    mask = load_mask(entry.mask_path, entry.mask_rule)
+    check_mask_size(entry, mask.shape, image_size)
+    return entry.label == 1 and not mask.any()
+
+
 def load_entry(entry: Entry, size: int) -> Sample:
     """Decode, resize (squash to size×size) and wrap one entry as a :class:`ssmad.core.Sample`."""
     image = read_unit(entry.path, "image")  # grey stays one plane until after the resize
@@ -39,10 +67,7 @@ def load_entry(entry: Entry, size: int) -> Sample:
     h, w = image.shape[:2]
     if entry.mask_path is not None:
         mask = load_mask(entry.mask_path, entry.mask_rule)
-        mh, mw = mask.shape
-        if (mh, mw) != (h, w) and abs(mw / mh - w / h) > ASPECT_TOLERANCE * (w / h):
-            raise DataError(f"mask {entry.mask_path} is {mh}×{mw} but its image {entry.path} is {h}×{w} "
-                            f"(different aspect ratio)")
+        check_mask_size(entry, mask.shape, (h, w))
         mask_t = resize_mask(mask, size)
     else:
         mask_t = torch.zeros((1, size, size), dtype=torch.float32)
@@ -154,10 +179,66 @@ class AnomalyDataset:
     has_masks: bool = True
 
     def summary(self) -> dict[str, Any]:
-        test_labels = list(getattr(self.test, "labels", [s.label for s in self.test]))
+        # no getattr default here: it would be evaluated, decoding every test image, even when labels exist
+        test_labels = list(self.test.labels) if hasattr(self.test, "labels") else [s.label for s in self.test]
         return {"name": self.name, "root": self.root, "category": self.category, "categories": list(self.categories),
                 "image_size": self.image_size, "has_masks": self.has_masks, "train": len(self.train),
                 "test_normal": test_labels.count(0), "test_anomalous": test_labels.count(1)}
+
+    def verify(self, workers: int | None = None) -> None:
+        """Check every listed training and test file before any training: each image and mask fully decoded (a
+        truncated file passes a header check, not this) and each mask's size fitting its image by the rule the
+        samples are loaded with. Problems raise one :class:`ssmad.core.DataError` naming the file(s) (the first
+        few of all found); anomalous images whose mask is empty once read give one :class:`EmptyMaskWarning`.
+
+        ``workers`` threads decode in parallel (default: one per CPU, at most 8). In-memory samples (the demo)
+        have nothing to decode: only their masks are looked at."""
+        entries = [e for part in (self.train, self.test) for e in getattr(part, "entries", ())]
+        n = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+        results = _check_all(entries, n)
+        problems = [r for r in results if isinstance(r, str)]
+        if problems:
+            shown = "; ".join(problems[:VERIFY_SHOWN])
+            more = f" (and {len(problems) - VERIFY_SHOWN} more)" if len(problems) > VERIFY_SHOWN else ""
+            head = f"{len(problems)} problems in the listed files: " if len(problems) > 1 else ""
+            raise DataError(f"{self.name}: {head}{shown}{more}")
+        empty = [e.mask_path or e.path for e, r in zip(entries, results) if r is True]
+        anomalous = sum(e.label == 1 for e in entries)
+        for part in (self.train, self.test):
+            if isinstance(part, MemoryList):
+                anomalous += sum(s.label == 1 for s in part.samples)
+                empty += [s.path for s in part.samples if s.label == 1 and not bool(s.mask.any())]
+        if empty:
+            names = ", ".join(_short(p) for p in empty[:VERIFY_SHOWN])
+            more = ", ..." if len(empty) > VERIFY_SHOWN else ""
+            warnings.warn(f"{self.name}: {len(empty)} of {anomalous} anomalous images have an empty mask (no defect "
+                          f"pixel once read; pixel metrics take them as defect-free): {names}{more}",
+                          EmptyMaskWarning, stacklevel=2)
+
+
+VERIFY_SHOWN = 3  # problems / empty masks named in one message
+
+
+def _check_one(entry: Entry) -> str | bool:
+    try:
+        return check_entry(entry)
+    except DataError as exc:
+        return str(exc)
+
+
+def _check_all(entries: Sequence[Entry], workers: int) -> list[str | bool]:
+    """:func:`check_entry` of each entry, in order: the error message, or whether its anomalous mask is empty.
+    PIL and numpy release the GIL while decoding, so threads decode in parallel."""
+    if workers <= 1 or len(entries) < 2 * workers:
+        return [_check_one(e) for e in entries]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ssmad-verify") as pool:
+        return list(pool.map(_check_one, entries))
+
+
+def _short(path: str) -> str:
+    """A file named by its folder and name (``crack/000_mask.png``), enough to find it in a warning."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
 
 
 # ---- shared helpers for the layouts ----------------------------------------------------------------------

@@ -216,7 +216,7 @@ class App:
                                       "choose another folder (nothing was overwritten)")
         from .data import open_data
 
-        data = open_data(config)  # a wrong path or layout fails here, before any model is built
+        data = open_data(config, verify=True)  # a wrong path, layout or file fails here, before any model is built
         seed_everything(int(config["train"]["seed"]))    # the initial weights too: a run repeats with its seed
         method = self.method_cls(config, device)
         run_dir.mkdir(parents=True, exist_ok=True)

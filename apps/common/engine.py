@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     t = config["train"]
     seed = int(t["seed"])
     seed_everything(seed)
-    data = open_data(config) if data is None else data
+    data = open_data(config, verify=True) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
     selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
@@ -141,7 +142,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     method.train(False)
     selected = selector.restore(history)
     val_images = [data.train[i].image for i in val_idx]
-    for line in method.after_training(val_images) or []:
+    for line in method.after_training(val_images, train_images=LazyImages(data.train, train_idx)) or []:
         log(run_dir, line)
     thresholds = {}
     if val_images:
@@ -156,6 +157,22 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
     return payload
+
+
+class LazyImages(SequenceABC):
+    """The image tensors of ``samples[indices]``, each read when indexed (a slice gives a list): the training
+    images for :meth:`Method.after_training` without holding them all."""
+
+    def __init__(self, samples, indices: list[int]) -> None:
+        self.samples, self.indices = samples, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.samples[k].image for k in self.indices[i]]
+        return self.samples[self.indices[i]].image
 
 
 SPLIT_FILE = "split.json"

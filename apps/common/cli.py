@@ -224,8 +224,15 @@ class App:
         write_config(run_dir, config)
         print(f"run folder: {run_dir}", flush=True)
         self._earlier_model = (run_dir / "model.pt").stat().st_mtime_ns if (run_dir / "model.pt").is_file() else None
-        train(method, config, run_dir, resume=args.resume, data=data)
-        if not args.no_test:
+        try:
+            train(method, config, run_dir, resume=args.resume, data=data)
+        except BaseException:
+            if not args.resume:
+                remove_unstarted(run_dir)
+            raise
+        if not args.no_test and len(data.test) == 0:
+            print(f"note: {config['data']['spec']} has no test images; the run is not evaluated", flush=True)
+        elif not args.no_test:
             self.evaluate_runs([run_dir], run_dir / "report", device, figures=8, method=method)
         run = shlex.quote(str(run_dir))
         print(f"done. run: {run_dir}\n  evaluate: python -m apps.{self.name} test --run {run}\n"
@@ -494,6 +501,22 @@ def display_range(thresholds: dict[str, float], amap: np.ndarray) -> tuple[float
         low, thr = thresholds["pixel_low"], thresholds["pixel"]
         return low, max(thr + (thr - low), low + 1e-6)
     return float(amap.min()), max(float(amap.max()), float(amap.min()) + 1e-6)
+
+
+#: what a new run's folder holds before its first epoch is saved: a failure then removes them (and the folder), so
+#: the same command can run again once the cause is fixed (a new run refuses an existing folder)
+UNSTARTED_FILES = ("config.toml", "split.json", "train.log")
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove a new run's folder that holds only :data:`UNSTARTED_FILES` (nothing else: no checkpoint, no distilled
+    model)."""
+    if not run_dir.is_dir() or any(f.name not in UNSTARTED_FILES for f in run_dir.iterdir()):
+        return
+    for name in UNSTARTED_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def out_folder(path: Path, flag: str) -> Path:

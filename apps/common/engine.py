@@ -52,14 +52,14 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     seed_everything(seed)
     data = open_data(config, verify=True) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
+    if len(train_idx) < 2:   # before prepare, which may distil a feature extractor for minutes
+        raise DataError(f"{config['data']['spec']}: {len(train_idx)} training image(s) after holding out "
+                        f"{len(val_idx)} for validation; training needs at least 2 normal images")
     selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
     write_split(run_dir, data, train_idx, val_idx)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
-    if len(items) < 2:
-        raise DataError(f"{config['data']['spec']}: {len(items)} training image(s) after holding out "
-                        f"{len(val_idx)} for validation; training needs at least 2 normal images")
     batch_size = min(int(t["batch_size"]), len(items))
     # full batches only: the incomplete last one is dropped (the shuffle changes it every epoch), so batch norm
     # never sees a batch of one image

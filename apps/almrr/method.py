@@ -20,8 +20,10 @@ a weak refined map and costs a good one, and which one a run has shows there.
 
 The distance of the map is ``pipeline.distance`` (kind ``distance``): ``mse`` (‖F̂ − F‖² / C, the default) or
 ``mahalanobis`` (the residual F̂ − F whitened by its mean and covariance over the held-out normal images, fitted
-after training; the cpu preset). The refiner's ``distance`` input is always the mean squared distance (it is trained
-on it, before anything could be fitted).
+after training) or ``position_mahalanobis`` (a mean and covariance per position of the feature grid, fitted after
+training on the residuals of the training images, which it needs many of; while ``train.select = "best"`` scores
+epochs, on up to ``VALIDATION_FIT_IMAGES`` of them, never on the held-out images it scores). The refiner's ``distance`` input is always the mean squared
+distance (it is trained on it, before anything could be fitted).
 
 The feature distance is also reported on its own (``extras["distance"]``: the test report's "distance only" table),
 after the optional ``distance_norm`` post-processing (``position_norm``: minus the mean distance at each position
@@ -33,8 +35,9 @@ chance.
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,7 @@ from ssmad.heads.losses import dice_loss, focal_loss
 from ssmad.scoring import GroupedAP, MeanSquared
 
 from ..common.config import NUMBER, build_role, component, optional_value, section_value
+from ..common.data import LazyImages
 from ..common.method import Method, Validation
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
@@ -53,6 +57,7 @@ AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto
 AUTO_REPEATS = 2                                       # synthetic anomalies per held-out image for that choice
 AUTO_MAX_IMAGES = 100                                  # held-out images it uses at most (a random subset already)
 AUTO_FEW_IMAGES = 20                                   # below this many the log says the choice is noisy
+VALIDATION_FIT_IMAGES = 128   # training images a distance that wants many images is fitted on to score an epoch
 
 
 def _pixel_ap(mask: torch.Tensor, amap: torch.Tensor) -> float:
@@ -71,7 +76,7 @@ class ALMRR(Method):
     alternatives = {
         "backbone": ["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg19", "efficientnet_lite0"],
         "reconstructor": ["vim", "cnn1x1", "cnn3x3", "transformer"],
-        "distance": ["mse", "mahalanobis"],
+        "distance": ["mse", "mahalanobis", "position_mahalanobis"],
         "distance_norm": ["position_norm", "quantile_norm"],
         # the rest have one working choice here (a role is switched off with enabled = false)
         "synth": [], "refiner": [], "distance_smooth": [], "distance_scale": [], "score": [],
@@ -213,7 +218,7 @@ class ALMRR(Method):
         return self.map_distance(self.modules["reconstructor"](feats), feats)
 
     @torch.no_grad()
-    def _residuals(self, normal_images: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def _residuals(self, normal_images: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         """F̂ − F of ``normal_images``, a batch at a time (what a fitted ``pipeline.distance`` is fitted on)."""
         for i in range(0, len(normal_images), self.eval_batch_size):
             feats = self.features(torch.stack(normal_images[i:i + self.eval_batch_size]).to(self.device))
@@ -224,23 +229,43 @@ class ALMRR(Method):
         """Whether the refined map can get the scaled distance map added (a weight > 0, or "auto")."""
         return (self.distance_weight > 0 or self.auto_weight) and "refiner" in self.modules
 
+    def prepare(self, run_dir, samples, indices: list[int]) -> None:
+        """Keep (lazily) up to ``VALIDATION_FIT_IMAGES`` training images, evenly spread over them: a distance that
+        wants many images is fitted on them while epochs are scored (fitted on the held-out images it scores, it
+        would know their normal parts by heart and make every epoch look alike)."""
+        step = max(1, -(-len(indices) // VALIDATION_FIT_IMAGES))
+        self.fit_images = LazyImages(samples, list(indices)[::step])
+
+    @property
+    def _fits_on_training(self) -> bool:
+        return self.metric.needs_fit and getattr(self.metric, "wants_many_images", False)
+
     @torch.no_grad()
-    def after_training(self, normal_images: list[torch.Tensor]) -> list[str]:
-        """Fit ``pipeline.distance`` (mahalanobis) on the normal images' residuals, ``distance_norm`` on their raw
+    def after_training(self, normal_images: Sequence[torch.Tensor],
+                       train_images: Sequence[torch.Tensor] | None = None) -> list[str]:
+        """Fit ``pipeline.distance`` (mahalanobis) on the normal images' residuals (a distance that wants many
+        images, position_mahalanobis, on the training images' when given), ``distance_norm`` on their raw
         distances, then (``distance_weight`` > 0 or "auto") ``distance_scale`` on their distance maps as ``predict``
         makes them, then ("auto") choose the weight on synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which
         bounds the time and memory of the choice)."""
-        if not self._fit_distance(normal_images) or not self.auto_weight:
-            return []
+        lines = []
+        on_train = bool(normal_images) and bool(train_images) and self._fits_on_training
+        if on_train:
+            start = time.perf_counter()
+            self.metric.fit(self._residuals(train_images))
+            lines.append(f"pipeline.distance ({component(self.config, 'distance')['name']}) fitted on the residuals "
+                         f"of the {len(train_images)} training images in {time.perf_counter() - start:.0f} s")
+        if not self._fit_distance(normal_images, fit_metric=not on_train) or not self.auto_weight:
+            return lines
         images = normal_images[:AUTO_MAX_IMAGES]
-        return self.choose_distance_weight(self.synthetic_maps(images, self._synthetic_rng(), AUTO_REPEATS),
-                                           len(images))
+        return lines + self.choose_distance_weight(self.synthetic_maps(images, self._synthetic_rng(), AUTO_REPEATS),
+                                                   len(images))
 
-    def _fit_distance(self, normal_images: list[torch.Tensor]) -> bool:
+    def _fit_distance(self, normal_images: Sequence[torch.Tensor], fit_metric: bool = True) -> bool:
         """The fits of :meth:`after_training`; whether ``distance_scale`` was fitted (a weight > 0 or "auto")."""
         if not normal_images:
             return False
-        if self.metric.needs_fit:
+        if self.metric.needs_fit and fit_metric:
             self.metric.fit(self._residuals(normal_images))
         size = normal_images[0].shape[-2:]
         raw = []
@@ -325,7 +350,10 @@ class ALMRR(Method):
         ``train.seed``: the same anomalies every time), of the map ``predict`` would make if training ended here:
         the distance statistics fitted and ("auto") the weight chosen on these images, as ``after_training`` does."""
         what = f"pixel AP on synthetic anomalies of {len(normal_images)} held-out images"
-        scaled = self._fit_distance(normal_images)
+        fit_images = getattr(self, "fit_images", None)
+        if self._fits_on_training and fit_images:
+            self.metric.fit(self._residuals(fit_images))
+        scaled = self._fit_distance(normal_images, fit_metric=not (self._fits_on_training and fit_images))
         maps = self.synthetic_maps(normal_images, self._synthetic_rng(), AUTO_REPEATS)
         if scaled and self.auto_weight:
             self.choose_distance_weight(maps, len(normal_images))

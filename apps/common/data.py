@@ -69,6 +69,22 @@ class TrainItems(Dataset):
         return self.item(self.samples[self.indices[i]], rng)
 
 
+class LazyImages(Sequence):
+    """The image tensors of ``samples[indices]``, each read when indexed (a slice gives a list): the training
+    images for :meth:`Method.after_training` without holding them all."""
+
+    def __init__(self, samples, indices: list[int]) -> None:
+        self.samples, self.indices = samples, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.samples[k].image for k in self.indices[i]]
+        return self.samples[self.indices[i]].image
+
+
 class Images(Dataset):
     """Plain (image, mask, label, index) items for inference."""
 

@@ -7,7 +7,6 @@ import json
 import random
 import sys
 import time
-from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 
 from ssmad.core import ConfigError, DataError, TrainingError
 
-from .data import Images, TrainItems, loader, open_data, split_validation
+from .data import Images, LazyImages, TrainItems, loader, open_data, split_validation
 from .method import Method
 from .runs import load_checkpoint, save_checkpoint, write_config
 
@@ -157,22 +156,6 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
     return payload
-
-
-class LazyImages(SequenceABC):
-    """The image tensors of ``samples[indices]``, each read when indexed (a slice gives a list): the training
-    images for :meth:`Method.after_training` without holding them all."""
-
-    def __init__(self, samples, indices: list[int]) -> None:
-        self.samples, self.indices = samples, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self.samples[k].image for k in self.indices[i]]
-        return self.samples[self.indices[i]].image
 
 
 SPLIT_FILE = "split.json"

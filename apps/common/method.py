@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +76,11 @@ class Method(ABC):
     def prepare(self, run_dir, samples, indices: list[int]) -> None:
         """Once before training (and on resume): e.g. distil a feature extractor. Default: nothing."""
 
-    def after_training(self, normal_images: list[torch.Tensor]) -> list[str] | None:
+    def after_training(self, normal_images: Sequence[torch.Tensor],
+                       train_images: Sequence[torch.Tensor] | None = None) -> list[str] | None:
         """Fit statistics (normalisation quantiles...) on normal validation images; lines it returns go to the
-        training log. Default: nothing."""
+        training log. ``train_images``, the training images (read when indexed), are for statistics that need
+        more normal images than are held out. Default: nothing."""
 
     #: whether :meth:`validation_score` exists (``train.select = "best"`` needs it)
     can_validate: bool = False

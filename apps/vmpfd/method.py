@@ -246,7 +246,7 @@ class VMPFD(Method):
             gam = self.smooth(gam)
         return lam, gam
 
-    def after_training(self, normal_images: list[torch.Tensor]) -> None:
+    def after_training(self, normal_images: list[torch.Tensor], train_images=None) -> None:
         if not normal_images:
             raise ConfigError("train.val_fraction: VMPFD-AD needs normal validation images to fit the quantile "
                               "normalisation; set train.val_fraction > 0")

@@ -394,6 +394,46 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
                                                         "pipeline.distance.ridge=-1"]), cpu)
 
 
+def test_position_mahalanobis_is_fitted_on_the_training_images():
+    """pipeline.distance = position_mahalanobis wants many images: after_training fits it on the residuals of the
+    training images it is given (read lazily), not on the few held-out ones, and says so in the log; without them
+    it is fitted on the held-out images; while an epoch is scored, on the training images prepare kept."""
+    import torch
+
+    from apps.almrr.method import ALMRR
+    from apps.common.config import load_config
+    from apps.common.data import LazyImages
+    from ssmad.core import Sample
+    from ssmad.scoring import PositionMahalanobis
+
+    cpu = torch.device("cpu")
+    config = load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=position_mahalanobis"])
+    torch.manual_seed(0)
+    method = ALMRR(config, cpu)
+    method.train(False)
+    held, train, other = list(torch.rand(3, 3, 64, 64)), torch.rand(9, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    samples = [Sample(image=im, mask=None, label=0, path=f"t{i}", original_size=(64, 64), defect_type="good")
+               for i, im in enumerate(train)]
+
+    def fitted_on(images):
+        with torch.no_grad():
+            f = method.features(images)
+            return PositionMahalanobis().fit(method.modules["reconstructor"](f) - f)
+
+    with torch.no_grad():
+        f = method.features(other)
+        residual = method.modules["reconstructor"](f) - f
+        lines = method.after_training(held, train_images=LazyImages(samples, list(range(1, 9))))
+        assert any("fitted on the residuals of the 8 training images" in line for line in lines)
+        torch.testing.assert_close(method.metric(residual), fitted_on(train[1:])(residual))
+        method.after_training(held)
+        torch.testing.assert_close(method.metric(residual), fitted_on(torch.stack(held))(residual))
+        # scoring an epoch: fitted on (a spread of) the training images kept by prepare, not on the images it scores
+        method.prepare(None, samples, list(range(9)))
+        method.validation_score(held)
+        torch.testing.assert_close(method.metric(residual), fitted_on(train)(residual))
+
+
 def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_method():
     """distance_smooth (Gaussian, input pixels) can be switched off from the component list; the distance map
     reported alone scores by the pipeline's box-filter max, as with the refiner disabled."""

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmad.core import CheckpointError, ConfigError, DataError, build
-from ssmad.scoring import Mahalanobis, MahalanobisConfig, MeanSquared, NotFittedError
+from ssmad.scoring import (
+    Mahalanobis,
+    MahalanobisConfig,
+    MeanSquared,
+    NotFittedError,
+    PositionMahalanobis,
+    PositionMahalanobisConfig,
+)
 
 
 def gaussian_residuals(n: int, c: int, seed: int, size: int = 8, draw: int = 0) -> torch.Tensor:
@@ -113,3 +120,85 @@ def test_user_errors_are_one_clear_message():
         Mahalanobis(MahalanobisConfig(ridge=0.0)).fit(torch.ones(2, 3, 4, 4))
     with pytest.raises(ConfigError, match="ridge"):
         build("distance", "mahalanobis", ridge=-1.0)
+
+
+# ---- position_mahalanobis ------------------------------------------------------------------------------------
+
+def _position_formula(fit: torch.Tensor, test: torch.Tensor, ridge: float, k: float) -> np.ndarray:
+    """The per-position distance in numpy float64: each position's sample mean and covariance over the images,
+    shrunk toward their mean over positions by k pseudo-images, plus ridge · tr(pooled)/C on the diagonal."""
+    n, c, h, w = fit.shape
+    x = fit.double().numpy().reshape(n, c, h * w)
+    mu = x.mean(0)                                                     # C × P
+    covs = np.stack([np.cov(x[:, :, p], rowvar=False) for p in range(h * w)])
+    pooled = covs.mean(0)
+    covs = ((n - 1) * covs + k * pooled) / (n - 1 + k) + ridge * np.trace(pooled) / c * np.eye(c)
+    t = test.double().numpy().reshape(len(test), c, h * w) - mu
+    out = np.einsum("bcp,pcd,bdp->bp", t, np.linalg.inv(covs), t) / c
+    return out.reshape(len(test), 1, h, w)
+
+
+@pytest.mark.parametrize("k", [0.0, 3.0])
+def test_position_mahalanobis_matches_the_formula(k):
+    fit = gaussian_residuals(12, 5, seed=2, size=3)
+    test = gaussian_residuals(2, 5, seed=3, size=3)
+    m = build("distance", "position_mahalanobis", ridge=0.01, shrinkage=k).fit(fit)
+    np.testing.assert_allclose(m(test).double().numpy(), _position_formula(fit, test, 0.01, k), rtol=2e-4, atol=1e-5)
+    assert m.needs_fit and m.wants_many_images and m.fitted
+
+
+def test_position_mahalanobis_weighs_each_position_by_its_own_variation():
+    """Normal residuals that vary 10× more at the left column than elsewhere: the same deviation is unremarkable
+    there and stands out elsewhere, where the pooled Mahalanobis distance scores both alike."""
+    g = torch.Generator().manual_seed(0)
+    fit = torch.randn(200, 3, 2, 2, generator=g)
+    fit[:, :, :, 0] *= 10
+    probe = torch.zeros(1, 3, 2, 2)
+    probe[..., 0, 0] = probe[..., 0, 1] = 5.0
+    d = PositionMahalanobis(PositionMahalanobisConfig(shrinkage=0)).fit(fit)(probe)[0, 0]
+    assert d[0, 1] > 20 * d[0, 0]
+    pooled = Mahalanobis().fit(fit)(probe)[0, 0]
+    assert abs(float(pooled[0, 1] - pooled[0, 0])) < 0.5
+
+
+def test_position_mahalanobis_batches_channels_and_state():
+    fit = gaussian_residuals(10, 6, seed=4, size=3)
+    test = gaussian_residuals(3, 6, seed=5, size=3)
+    once = PositionMahalanobis().fit(fit)
+    batched = PositionMahalanobis().fit(iter([fit[:4], fit[4:7], fit[7:]]))
+    torch.testing.assert_close(batched(test), once(test), rtol=1e-4, atol=1e-5)
+    sub = PositionMahalanobis(PositionMahalanobisConfig(channels=4)).fit(fit)
+    assert sub.mean.shape == (9, 4) and sub.keep is not None and len(set(sub.keep.tolist())) == 4
+    for m in (once, sub):    # the state keeps the lower triangles only; a copy scores alike
+        copy = PositionMahalanobis()
+        copy.load_state_dict(m.state_dict())
+        torch.testing.assert_close(copy(test), m(test))
+    state = sub.state_dict()
+    assert state["whitener_tril"].shape == (9, 4 * 5 // 2)
+    with pytest.raises(CheckpointError, match="inconsistent shapes"):
+        PositionMahalanobis().load_state_dict({**state, "grid": [2, 2]})
+    with pytest.raises(CheckpointError, match="missing key 'keep'"):
+        PositionMahalanobis().load_state_dict({k: v for k, v in state.items() if k != "keep"})
+
+
+def test_position_mahalanobis_user_errors():
+    fit = gaussian_residuals(4, 3, seed=6, size=4)
+    with pytest.raises(NotFittedError, match="position_mahalanobis': not fitted"):
+        PositionMahalanobis()(fit)
+    with pytest.raises(DataError, match="at least 2 images, got 1"):
+        PositionMahalanobis().fit(fit[:1])
+    with pytest.raises(DataError, match="shape C×H×W = \\(3, 2, 2\\), the earlier batches had \\(3, 4, 4\\)"):
+        PositionMahalanobis().fit([fit, fit[:, :, :2, :2]])
+    m = PositionMahalanobis().fit(fit)
+    with pytest.raises(DataError, match="3 channels on a 4×4 grid, got 3 on 2×2"):
+        m(fit[:, :, :2, :2])
+    bad = fit.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        PositionMahalanobis().fit(bad)
+    # 176 channels at 64×64 positions need about 2.4 GB: refused under max_gb = 1, with a channel count that fits
+    big = PositionMahalanobis(PositionMahalanobisConfig(max_gb=1.0))
+    with pytest.raises(DataError, match=r"176 channels at 4096 positions need about 2\.4 GB.*'channels', e\.g\. 114"):
+        big.fit(torch.zeros(2, 176, 64, 64))
+    with pytest.raises(ConfigError, match="shrinkage"):
+        build("distance", "position_mahalanobis", shrinkage=-1)

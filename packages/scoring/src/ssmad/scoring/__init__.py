@@ -4,12 +4,19 @@
     metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
 
 Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
-``quantile_norm``, ``position_norm``; ``distance`` ``mse``, ``mahalanobis``; ``fusion`` ``weighted``; ``metric``
-``image_auroc``, ``image_ap``, ``image_f1max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live
-in :mod:`ssmad.scoring.report`.
+``quantile_norm``, ``position_norm``; ``distance`` ``mse``, ``mahalanobis``, ``position_mahalanobis``; ``fusion``
+``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``, ``pixel_auroc``, ``pixel_ap``,
+``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
 """
 
-from .distance import Mahalanobis, MahalanobisConfig, MeanSquared, MeanSquaredConfig
+from .distance import (
+                      Mahalanobis,
+                      MahalanobisConfig,
+                      MeanSquared,
+                      MeanSquaredConfig,
+                      PositionMahalanobis,
+                      PositionMahalanobisConfig,
+)
 from .metrics import (
                       AUPRO_FPR_LIMIT,
                       IMAGE_METRICS,
@@ -40,11 +47,12 @@ from .postprocess import (
                       gaussian_kernel1d,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",
     "GaussianConfig", "GroupedAP", "Mahalanobis", "MahalanobisConfig", "MeanSquared", "MeanSquaredConfig",
+    "PositionMahalanobis", "PositionMahalanobisConfig",
     "Metric", "MetricResults", "MetricUndefinedWarning", "NotFittedError",
     "PositionNorm", "PositionNormConfig", "QuantileNorm", "QuantileNormConfig", "WeightedFusion",
     "WeightedFusionConfig", "aupro", "binarize_masks", "bootstrap_difference", "evaluate", "gaussian_kernel1d",

@@ -6,7 +6,14 @@ from functools import partial
 
 from ssmad.core import hookimpl
 
-from .distance import Mahalanobis, MahalanobisConfig, MeanSquared, MeanSquaredConfig
+from .distance import (
+    Mahalanobis,
+    MahalanobisConfig,
+    MeanSquared,
+    MeanSquaredConfig,
+    PositionMahalanobis,
+    PositionMahalanobisConfig,
+)
 from .metrics import METRICS, Metric
 from .postprocess import (
     BoxMax,
@@ -50,6 +57,8 @@ def ssmad_register(register):
              summary="feature distance: mean over channels of (F^ - F)^2 per position")
     register("distance", "mahalanobis", Mahalanobis, config=MahalanobisConfig,
              summary="feature distance: Mahalanobis of F^ - F, covariance fitted on normal validation residuals")
+    register("distance", "position_mahalanobis", PositionMahalanobis, config=PositionMahalanobisConfig,
+             summary="feature distance: Mahalanobis of F^ - F with a mean and covariance per position (PaDiM-like)")
     register("fusion", "weighted", WeightedFusion, config=WeightedFusionConfig,
              summary="weighted sum of several anomaly maps")
     for name in METRICS:

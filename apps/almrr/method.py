@@ -22,8 +22,9 @@ The distance of the map is ``pipeline.distance`` (kind ``distance``): ``mse`` (�
 ``mahalanobis`` (the residual F̂ − F whitened by its mean and covariance over the held-out normal images, fitted
 after training) or ``position_mahalanobis`` (a mean and covariance per position of the feature grid, fitted after
 training on the residuals of the training images, which it needs many of; while ``train.select = "best"`` scores
-epochs, on up to ``VALIDATION_FIT_IMAGES`` of them, never on the held-out images it scores). The refiner's ``distance`` input is always the mean squared
-distance (it is trained on it, before anything could be fitted).
+epochs, on up to ``VALIDATION_FIT_IMAGES`` of them, never on the held-out images it scores; its statistics then stay
+out of the epoch checkpoints). The refiner's ``distance`` input is always the mean squared distance (it is trained
+on it, before anything could be fitted).
 
 The feature distance is also reported on its own (``extras["distance"]``: the test report's "distance only" table),
 after the optional ``distance_norm`` post-processing (``position_norm``: minus the mean distance at each position
@@ -133,6 +134,7 @@ class ALMRR(Method):
                               "and needs the pipeline.distance_scale role (quantile_norm); enable it or set "
                               "method.distance_weight = 0")
         self._warned_unfitted = self._warned_unscaled = self._warned_metric = False
+        self._final_fit = False      # whether the distance was fitted by after_training (or loaded), not for an epoch
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
 
@@ -255,7 +257,9 @@ class ALMRR(Method):
             self.metric.fit(self._residuals(train_images))
             lines.append(f"pipeline.distance ({component(self.config, 'distance')['name']}) fitted on the residuals "
                          f"of the {len(train_images)} training images in {time.perf_counter() - start:.0f} s")
-        if not self._fit_distance(normal_images, fit_metric=not on_train) or not self.auto_weight:
+        fitted = self._fit_distance(normal_images, fit_metric=not on_train)
+        self._final_fit = True
+        if not fitted or not self.auto_weight:
             return lines
         images = normal_images[:AUTO_MAX_IMAGES]
         return lines + self.choose_distance_weight(self.synthetic_maps(images, self._synthetic_rng(), AUTO_REPEATS),
@@ -351,6 +355,7 @@ class ALMRR(Method):
         the distance statistics fitted and ("auto") the weight chosen on these images, as ``after_training`` does."""
         what = f"pixel AP on synthetic anomalies of {len(normal_images)} held-out images"
         fit_images = getattr(self, "fit_images", None)
+        self._final_fit = False
         if self._fits_on_training and fit_images:
             self.metric.fit(self._residuals(fit_images))
         scaled = self._fit_distance(normal_images, fit_metric=not (self._fits_on_training and fit_images))
@@ -383,7 +388,12 @@ class ALMRR(Method):
         return self.distance_smooth(dist) if self.distance_smooth is not None else dist
 
     def extra_state(self) -> dict[str, Any]:
-        # (the epoch checkpoints of a training are written before after_training fits these)
+        # (the epoch checkpoints of a training are written before after_training fits these). A distance that wants
+        # many images is large (position_mahalanobis: 255 MB for Lite0 at 64×64) and, while epochs are scored, fitted
+        # on a part of the training images only: the statistics fitted then (it and those fitted on it) stay out of
+        # the epoch checkpoints and best.pt; after_training fits them all again
+        if self._fits_on_training and not self._final_fit:
+            return {}
         state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in ("distance_norm", "distance_scale")
                                  if getattr(self, name) is not None and getattr(self, name).fitted}
         if self.metric.needs_fit and self.metric.fitted:
@@ -398,6 +408,7 @@ class ALMRR(Method):
                 getattr(self, name).load_state_dict(state[name])
         if self.metric.needs_fit and "distance" in state:
             self.metric.load_state_dict(state["distance"])
+            self._final_fit = True
         if self.auto_weight and "distance_weight" in state:
             self.weight_choice = dict(state["distance_weight"])
             self.distance_weight = float(self.weight_choice["weight"])

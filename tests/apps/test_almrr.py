@@ -429,9 +429,12 @@ def test_position_mahalanobis_is_fitted_on_the_training_images():
         method.after_training(held)
         torch.testing.assert_close(method.metric(residual), fitted_on(torch.stack(held))(residual))
         # scoring an epoch: fitted on (a spread of) the training images kept by prepare, not on the images it scores
+        assert "distance" in method.state_dict()["extra"]
         method.prepare(None, samples, list(range(9)))
         method.validation_score(held)
         torch.testing.assert_close(method.metric(residual), fitted_on(train)(residual))
+        # an epoch's fit (part of the training images) stays out of its checkpoint, with what was fitted on it
+        assert method.state_dict()["extra"] == {}
 
 
 def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_method():

@@ -129,10 +129,15 @@ class ALMRR(Method):
         self.weight_choice: dict[str, Any] | None = None     # what "auto" chose, and the pixel AP of each candidate
         self.distance_weight = 0.0 if self.auto_weight or "distance_weight" not in m else float(section_value(
             config, "method", "distance_weight", (int, float), _is_weight, 'a number >= 0 or "auto"'))
+        # the image score's own weight (None: the map's): the refined map localises what the refiner finds, the
+        # distance ranks images (runs stored before the option existed scored the map)
+        image_weight = optional_value(config, "method", "image_distance_weight", "map", (int, float, str),
+                                      lambda v: v == "map" or _is_weight(v), 'a number >= 0 or "map"')
+        self.image_weight = None if image_weight == "map" else float(image_weight)
         if self._scaled and self.distance_scale is None:
-            raise ConfigError("method.distance_weight > 0 or \"auto\" adds the scaled distance map to the refined map "
-                              "and needs the pipeline.distance_scale role (quantile_norm); enable it or set "
-                              "method.distance_weight = 0")
+            raise ConfigError("method.distance_weight > 0 or \"auto\" (or method.image_distance_weight > 0) adds the "
+                              "scaled distance map to the refined map and needs the pipeline.distance_scale role "
+                              "(quantile_norm); enable it or set the weights to 0")
         self._warned_unfitted = self._warned_unscaled = self._warned_metric = False
         self._final_fit = False      # whether the distance was fitted by after_training (or loaded), not for an epoch
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
@@ -228,8 +233,9 @@ class ALMRR(Method):
 
     @property
     def _scaled(self) -> bool:
-        """Whether the refined map can get the scaled distance map added (a weight > 0, or "auto")."""
-        return (self.distance_weight > 0 or self.auto_weight) and "refiner" in self.modules
+        """Whether the refined map can get the scaled distance map added (a weight > 0, or "auto"; for the map or
+        for the image score)."""
+        return (self.distance_weight > 0 or self.auto_weight or bool(self.image_weight)) and "refiner" in self.modules
 
     def prepare(self, run_dir, samples, indices: list[int]) -> None:
         """Keep (lazily) up to ``VALIDATION_FIT_IMAGES`` training images, evenly spread over them: a distance that
@@ -317,12 +323,12 @@ class ALMRR(Method):
     def refined_map_only(self) -> Iterator[None]:
         """Within: ``predict``'s map is the refined map alone, whatever the distance weight (and without warnings
         about it); the weight and the "auto" state come back on exit."""
-        saved = self.distance_weight, self.auto_weight
-        self.distance_weight, self.auto_weight = 0.0, False
+        saved = self.distance_weight, self.auto_weight, self.image_weight
+        self.distance_weight, self.auto_weight, self.image_weight = 0.0, False, None
         try:
             yield
         finally:
-            self.distance_weight, self.auto_weight = saved
+            self.distance_weight, self.auto_weight, self.image_weight = saved
 
     def choose_distance_weight(self, maps: dict[str, torch.Tensor], n_images: int) -> list[str]:
         """``distance_weight = "auto"``: the candidate whose map has the highest pixel AP on the synthetic-anomaly
@@ -419,7 +425,10 @@ class ALMRR(Method):
         how = "chosen after training" if self.auto_weight and self.weight_choice is not None else (
             "auto, not chosen yet: the refined map alone" if self.auto_weight else "method.distance_weight")
         which = "" if not self.metric.needs_fit else f"{component(self.config, 'distance')['name']} "
-        return f"map = refined + {self.distance_weight:g} x scaled {which}distance ({how})"
+        note = f"map = refined + {self.distance_weight:g} x scaled {which}distance ({how})"
+        if self.image_weight is not None and self.image_weight != self.distance_weight:
+            note += f"; image score of refined + {self.image_weight:g} x scaled distance"
+        return note
 
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
@@ -433,16 +442,21 @@ class ALMRR(Method):
         dist = self.distance_map(self.map_distance(recon, feats), size)
         if "refiner" not in self.modules:
             return AnomalyOutput(anomaly_map=dist, score=self.score(dist))
-        amap = torch.softmax(self.refine(recon, feats), 1)[:, 1:]
-        amap = F.interpolate(amap, size=size, mode="bilinear", align_corners=False)
+        refined = F.interpolate(torch.softmax(self.refine(recon, feats), 1)[:, 1:], size=size, mode="bilinear",
+                                align_corners=False)
+        amap, score = refined, None
         if self._scaled:
             if self.distance_scale.fitted and (self.weight_choice is not None or not self.auto_weight):
+                scaled = self.distance_scale(dist)
                 if self.distance_weight > 0:
-                    amap = amap + self.distance_weight * self.distance_scale(dist)
+                    amap = refined + self.distance_weight * scaled
+                if self.image_weight is not None and self.image_weight != self.distance_weight:
+                    score = self.score(refined + self.image_weight * scaled)
             elif not self._warned_unscaled:
                 self._warned_unscaled = True
                 what = ("method.distance_weight = auto: no weight chosen" if self.distance_scale.fitted
                         else "pipeline.distance_scale: not fitted")
                 warnings.warn(f"{what} (a checkpoint of a training that did not finish, or no held-out normal "
                               f"images); the map is the refined map alone", RuntimeWarning, stacklevel=2)
-        return AnomalyOutput(anomaly_map=amap, score=self.score(amap), extras={"distance": dist})
+        return AnomalyOutput(anomaly_map=amap, score=self.score(amap) if score is None else score,
+                             extras={"distance": dist})

@@ -388,7 +388,8 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
         assert set(method.state_dict()["extra"]) >= {"distance", "distance_norm"}
         torch.testing.assert_close(loaded.predict(other).extras["distance"], method.predict(other).extras["distance"])
     assert ALMRR(load_config(APP.app_dir, "cpu", None, []), cpu).map_note() == (
-        "map = refined + 0 x scaled mahalanobis distance (auto, not chosen yet: the refined map alone)")
+        "map = refined + 0 x scaled position_mahalanobis distance (auto, not chosen yet: the refined map alone); "
+        "image score of refined + 1 x scaled distance")
     with pytest.raises(Exception, match="pipeline.distance: .*ridge"):
         ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=mahalanobis",
                                                         "pipeline.distance.ridge=-1"]), cpu)
@@ -510,10 +511,20 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
     torch.testing.assert_close(scaled, ((dist - lo) / (hi - lo)).float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map + 0.5 * scaled)
     assert not torch.equal(blended.score, refined.score)
+    # method.image_distance_weight: the image score of refined + that weight · scaled, the map unchanged
+    assert method.image_weight is None
+    with torch.no_grad():
+        method.distance_weight, method.image_weight = 0.5, 2.0
+        split = method.predict(images)
+    torch.testing.assert_close(split.anomaly_map, blended.anomaly_map)
+    torch.testing.assert_close(split.score, method.score(refined.anomaly_map + 2.0 * scaled))
+    assert method.map_note().endswith("; image score of refined + 2 x scaled distance")
     old = load_config(APP.app_dir, "smoke", None, [])
-    del old["method"]["distance_weight"]
+    del old["method"]["distance_weight"], old["method"]["image_distance_weight"]
     old["pipeline"] = [e for e in old["pipeline"] if e["role"] != "distance_scale"]
     assert ALMRR(old, torch.device("cpu")).distance_weight == 0.0
+    with pytest.raises(Exception, match='method.image_distance_weight must be a number >= 0 or "map"'):
+        ALMRR(load_config(APP.app_dir, "smoke", None, ["method.image_distance_weight=-1"]), torch.device("cpu"))
 
 
 def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_path, run_app, capsys, load_script):
@@ -721,18 +732,18 @@ def test_select_errors(setting, needle, tmp_path, run_app):
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "cpu"])
 def test_every_preset_builds(preset):
-    """Each shipped preset passes the config checks and builds its model; the cpu preset's map uses the Mahalanobis
-    distance and a distance weight chosen among non-zero candidates."""
+    """Each shipped preset passes the config checks and builds its model; the cpu preset's map uses the per-position
+    Mahalanobis distance and a distance weight chosen among non-zero candidates, its image score weight 1."""
     import torch
 
     from apps.almrr.method import ALMRR
     from apps.common.config import check_config, load_config, presets
-    from ssmad.scoring import Mahalanobis
+    from ssmad.scoring import PositionMahalanobis
 
     assert set(presets(APP.app_dir)) == {"smoke", "demo", "cpu"}
     config = load_config(APP.app_dir, preset, None, [])
     check_config(config)
     method = ALMRR(config, torch.device("cpu"))
     if preset == "cpu":
-        assert isinstance(method.metric, Mahalanobis) and method.auto_weight
-        assert min(method.weight_candidates) > 0
+        assert isinstance(method.metric, PositionMahalanobis) and method.auto_weight
+        assert min(method.weight_candidates) > 0 and method.image_weight == 1.0

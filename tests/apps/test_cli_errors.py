@@ -223,15 +223,19 @@ def test_follow_up_commands_figures_and_permissions(run):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
+def train_on_normal_folder(tmp_path: Path, n: int, out: Path, run_app):
+    """``train --preset smoke`` on a folder of ``n`` normal images, all of them for training (no test split)."""
+    for i in range(n):
+        save_image(tmp_path / "data" / f"{i:02d}.png", size=(64, 64), seed=i)
+    return run_app(APP, "train", "--preset", "smoke", "--data", f"folder:{tmp_path / 'data'}", "--data-param",
+                   "normal=.", "--data-param", "test_fraction=0", "--out", str(out), "--device", "cpu")
+
+
 def test_a_run_without_test_images_trains_and_says_it_is_not_evaluated(tmp_path, run_app):
     """A folder of normal images only, all for training (test_fraction 0): the run trains, writes model.pt and
     exits 0 with a note (it exited 2, "the test split is empty", after a successful training)."""
-    for i in range(6):
-        save_image(tmp_path / "data" / f"{i:02d}.png", size=(64, 64), seed=i)
     out = tmp_path / "r"
-    code, stdout, err = run_app(APP, "train", "--preset", "smoke", "--data", f"folder:{tmp_path / 'data'}",
-                                "--data-param", "normal=.", "--data-param", "test_fraction=0", "--out", str(out),
-                                "--device", "cpu")
+    code, stdout, err = train_on_normal_folder(tmp_path, 6, out, run_app)
     assert code == 0, err
     assert "has no test images; the run is not evaluated" in stdout and (out / "model.pt").is_file()
 
@@ -239,11 +243,7 @@ def test_a_run_without_test_images_trains_and_says_it_is_not_evaluated(tmp_path,
 def test_too_few_training_images_fail_before_anything_is_written(tmp_path, run_app):
     """Two normal images, one held out: one error line before the model is prepared, and no run folder is left
     behind (it held a config.toml), so the same command runs once the data is fixed."""
-    for i in range(2):
-        save_image(tmp_path / "data" / f"{i:02d}.png", size=(64, 64), seed=i)
     out = tmp_path / "r"
-    code, _, err = run_app(APP, "train", "--preset", "smoke", "--data", f"folder:{tmp_path / 'data'}",
-                           "--data-param", "normal=.", "--data-param", "test_fraction=0", "--out", str(out),
-                           "--device", "cpu")
+    code, _, err = train_on_normal_folder(tmp_path, 2, out, run_app)
     assert code == 2 and len(lines(err)) == 1 and "training needs at least 2 normal images" in err, err
     assert not out.exists()

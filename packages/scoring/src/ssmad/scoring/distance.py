@@ -45,6 +45,21 @@ def _residual(r: Any, what: str) -> torch.Tensor:
     return r.detach().float()
 
 
+def _batches(residuals: Any, name: str) -> Iterable:
+    """``fit``'s argument as an iterable of residual batches (one tensor is one batch)."""
+    batches = [residuals] if isinstance(residuals, torch.Tensor) else residuals
+    if not isinstance(batches, Iterable):
+        raise DataError(f"distance {name!r}.fit: expected residuals or an iterable of residual batches, got "
+                        f"{type(residuals).__name__}")
+    return batches
+
+
+def _require_fitted(component: Any, name: str) -> None:
+    if not component.fitted:
+        raise NotFittedError(f"distance {name!r}: not fitted; call fit(residuals of normal images) or "
+                             f"load_state_dict() from a checkpoint first")
+
+
 def _whiteners(cov: torch.Tensor, ridge: torch.Tensor | float, name: str) -> torch.Tensor:
     """L⁻¹ of each covariance (…×C×C, float64) plus ``ridge`` on its diagonal, Σ + ridge·I = L Lᵀ, so that
     ‖L⁻¹ x‖² = xᵀ (Σ + ridge·I)⁻¹ x. A DataError when one is not positive definite."""
@@ -113,10 +128,7 @@ class Mahalanobis:
         return self.mean is not None and self.whitener is not None
 
     def fit(self, residuals: Any) -> Mahalanobis:
-        batches = [residuals] if isinstance(residuals, torch.Tensor) else residuals
-        if not isinstance(batches, Iterable):
-            raise DataError(f"distance 'mahalanobis'.fit: expected residuals or an iterable of residual batches, "
-                            f"got {type(residuals).__name__}")
+        batches = _batches(residuals, "mahalanobis")
         n, total, outer = 0, None, None
         for i, batch in enumerate(batches):
             r = _residual(batch, f"distance 'mahalanobis'.fit batch {i}")
@@ -141,9 +153,7 @@ class Mahalanobis:
         return self
 
     def _require_fitted(self) -> None:
-        if not self.fitted:
-            raise NotFittedError("distance 'mahalanobis': not fitted; call fit(residuals of normal validation images) "
-                                 "or load_state_dict() from a checkpoint first")
+        _require_fitted(self, "mahalanobis")
 
     def __call__(self, residual: torch.Tensor) -> torch.Tensor:
         self._require_fitted()
@@ -230,10 +240,7 @@ class PositionMahalanobis:
 
     def fit(self, residuals: Any) -> PositionMahalanobis:
         name = "distance 'position_mahalanobis'.fit"
-        batches = [residuals] if isinstance(residuals, torch.Tensor) else residuals
-        if not isinstance(batches, Iterable):
-            raise DataError(f"{name}: expected residuals or an iterable of residual batches, got "
-                            f"{type(residuals).__name__}")
+        batches = _batches(residuals, "position_mahalanobis")
         n, total, outer, shape = 0, None, None, None
         for i, batch in enumerate(batches):
             r = _residual(batch, f"{name} batch {i}")
@@ -271,9 +278,7 @@ class PositionMahalanobis:
         return self
 
     def _require_fitted(self) -> None:
-        if not self.fitted:
-            raise NotFittedError("distance 'position_mahalanobis': not fitted; call fit(residuals of normal images) "
-                                 "or load_state_dict() from a checkpoint first")
+        _require_fitted(self, "position_mahalanobis")
 
     def __call__(self, residual: torch.Tensor) -> torch.Tensor:
         self._require_fitted()

@@ -120,6 +120,11 @@ class ALMRR(Method):
         self.score = build_role(config, "score")
         # the distance of the map; runs stored before the role existed used the mean squared distance
         self.metric = build_role(config, "distance") or MeanSquared()
+        if hasattr(self.metric, "check_size"):   # a fit too large for memory is a ConfigError now, not after training
+            try:
+                self.metric.check_size(channels, self.feature_size ** 2)
+            except ConfigError as exc:
+                raise ConfigError(f"pipeline.distance: {exc}") from None
         self.distance_norm = build_role(config, "distance_norm")
         self.distance_smooth = build_role(config, "distance_smooth")
         self.distance_scale = build_role(config, "distance_scale")

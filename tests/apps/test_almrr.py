@@ -390,6 +390,10 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
     assert ALMRR(load_config(APP.app_dir, "cpu", None, []), cpu).map_note() == (
         "map = refined + 0 x scaled position_mahalanobis distance (auto, not chosen yet: the refined map alone); "
         "image score of refined + 1 x scaled distance")
+    with pytest.raises(Exception, match=r"pipeline.distance: distance 'position_mahalanobis': 1792 channels at 4096 "
+                                        r"positions need about 245\.0 GB.*e\.g\. 228"):   # the paper's ResNet-50
+        ALMRR(load_config(APP.app_dir, None, None, ["pipeline.distance.name=position_mahalanobis",
+                                                    "pipeline.backbone.weights=none"]), cpu)
     with pytest.raises(Exception, match="pipeline.distance: .*ridge"):
         ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance.name=mahalanobis",
                                                         "pipeline.distance.ridge=-1"]), cpu)

@@ -198,7 +198,8 @@ def test_position_mahalanobis_user_errors():
         PositionMahalanobis().fit(bad)
     # 176 channels at 64×64 positions need about 2.4 GB: refused under max_gb = 1, with a channel count that fits
     big = PositionMahalanobis(PositionMahalanobisConfig(max_gb=1.0))
-    with pytest.raises(DataError, match=r"176 channels at 4096 positions need about 2\.4 GB.*'channels', e\.g\. 114"):
+    with pytest.raises(ConfigError, match=r"176 channels at 4096 positions need about 2\.4 GB.*'channels', e\.g\. 114"):
         big.fit(torch.zeros(2, 176, 64, 64))
+    assert PositionMahalanobis(PositionMahalanobisConfig(max_gb=1.0, channels=100)).check_size(176, 4096) < 1.0
     with pytest.raises(ConfigError, match="shrinkage"):
         build("distance", "position_mahalanobis", shrinkage=-1)

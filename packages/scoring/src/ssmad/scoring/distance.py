@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ssmad.core import CheckpointError, DataError, configclass, field, in_range
+from ssmad.core import CheckpointError, ConfigError, DataError, configclass, field, in_range
 
 from .postprocess import NotFittedError
 
@@ -223,20 +223,27 @@ class PositionMahalanobis:
     def _select(self, r: torch.Tensor) -> torch.Tensor:
         return r if self.keep is None else r.index_select(1, self.keep.to(r.device))
 
-    def _plan(self, channels: int, positions: int) -> None:
-        """Choose the channels; a DataError when the fit would need more than ``max_gb``."""
-        self.in_channels = channels
-        c = channels if not self.cfg.channels or self.cfg.channels >= channels else self.cfg.channels
-        self.keep = None
-        if c < channels:
-            g = torch.Generator().manual_seed(0)
-            self.keep = torch.randperm(channels, generator=g)[:c].sort().values
-        need = positions * c * c * (8 + 8 + 4) / 2 ** 30      # float64 sums, the float64 covariance, the float32 result
+    def check_size(self, channels: int, positions: int) -> float:
+        """The memory in GB that a fit on residuals of ``channels`` channels at ``positions`` grid positions needs
+        (after the ``channels`` subset); a ConfigError naming the keys to change when it is more than ``max_gb``.
+        Callers check it before training: ``fit`` comes after."""
+        c = min(channels, self.cfg.channels or channels)
+        need = positions * c * c * (8 + 8 + 4) / 2 ** 30     # float64 sums and their temporaries, the float32 result
         if need > self.cfg.max_gb:
             fit = int((self.cfg.max_gb * 2 ** 30 / (positions * 20)) ** 0.5)
-            raise DataError(f"distance 'position_mahalanobis'.fit: {c} channels at {positions} positions need about "
-                            f"{need:.1f} GB, more than max_gb = {self.cfg.max_gb:g}; keep fewer channels (the "
-                            f"component's 'channels', e.g. {max(1, fit)}), or raise 'max_gb'")
+            raise ConfigError(f"distance 'position_mahalanobis': {c} channels at {positions} positions need about "
+                              f"{need:.1f} GB to fit, more than max_gb = {self.cfg.max_gb:g}; keep fewer channels "
+                              f"(the component's 'channels', e.g. {max(1, fit)}), or raise 'max_gb'")
+        return need
+
+    def _plan(self, channels: int, positions: int) -> None:
+        """Check the size and choose the channels (a fixed random subset of ``channels``)."""
+        self.check_size(channels, positions)
+        self.in_channels = channels
+        self.keep = None
+        if self.cfg.channels and self.cfg.channels < channels:
+            g = torch.Generator().manual_seed(0)
+            self.keep = torch.randperm(channels, generator=g)[:self.cfg.channels].sort().values
 
     def fit(self, residuals: Any) -> PositionMahalanobis:
         name = "distance 'position_mahalanobis'.fit"

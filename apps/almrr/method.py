@@ -145,6 +145,7 @@ class ALMRR(Method):
                               "(quantile_norm); enable it or set the weights to 0")
         self._warned_unfitted = self._warned_unscaled = self._warned_metric = False
         self._final_fit = False      # whether the distance was fitted by after_training (or loaded), not for an epoch
+        self.fit_images: Sequence[torch.Tensor] | None = None   # training images to score epochs with (prepare)
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
 
@@ -261,27 +262,29 @@ class ALMRR(Method):
         distances, then (``distance_weight`` > 0 or "auto") ``distance_scale`` on their distance maps as ``predict``
         makes them, then ("auto") choose the weight on synthetic anomalies of the first ``AUTO_MAX_IMAGES`` (which
         bounds the time and memory of the choice)."""
-        lines = []
-        on_train = bool(normal_images) and bool(train_images) and self._fits_on_training
-        if on_train:
-            start = time.perf_counter()
-            self.metric.fit(self._residuals(train_images))
-            lines.append(f"pipeline.distance ({component(self.config, 'distance')['name']}) fitted on the residuals "
-                         f"of the {len(train_images)} training images in {time.perf_counter() - start:.0f} s")
-        fitted = self._fit_distance(normal_images, fit_metric=not on_train)
+        start = time.perf_counter()
+        fitted = self._fit_distance(normal_images, train_images)
         self._final_fit = True
+        lines = []
+        if normal_images and train_images and self._fits_on_training:
+            lines.append(f"pipeline.distance ({component(self.config, 'distance')['name']}) fitted on the residuals "
+                         f"of the {len(train_images)} training images ({time.perf_counter() - start:.0f} s with the "
+                         f"other distance statistics)")
         if not fitted or not self.auto_weight:
             return lines
         images = normal_images[:AUTO_MAX_IMAGES]
         return lines + self.choose_distance_weight(self.synthetic_maps(images, self._synthetic_rng(), AUTO_REPEATS),
                                                    len(images))
 
-    def _fit_distance(self, normal_images: Sequence[torch.Tensor], fit_metric: bool = True) -> bool:
-        """The fits of :meth:`after_training`; whether ``distance_scale`` was fitted (a weight > 0 or "auto")."""
+    def _fit_distance(self, normal_images: Sequence[torch.Tensor],
+                      many_images: Sequence[torch.Tensor] | None = None) -> bool:
+        """The fits of :meth:`after_training`, on ``normal_images`` (held out), except that of a distance that wants
+        many images, on ``many_images`` (training images) when given; whether ``distance_scale`` was fitted (a
+        weight > 0 or "auto")."""
         if not normal_images:
             return False
-        if self.metric.needs_fit and fit_metric:
-            self.metric.fit(self._residuals(normal_images))
+        if self.metric.needs_fit:
+            self.metric.fit(self._residuals(many_images if self._fits_on_training and many_images else normal_images))
         size = normal_images[0].shape[-2:]
         raw = []
         for i in range(0, len(normal_images), self.eval_batch_size):
@@ -365,11 +368,8 @@ class ALMRR(Method):
         ``train.seed``: the same anomalies every time), of the map ``predict`` would make if training ended here:
         the distance statistics fitted and ("auto") the weight chosen on these images, as ``after_training`` does."""
         what = f"pixel AP on synthetic anomalies of {len(normal_images)} held-out images"
-        fit_images = getattr(self, "fit_images", None)
+        scaled = self._fit_distance(normal_images, self.fit_images)
         self._final_fit = False
-        if self._fits_on_training and fit_images:
-            self.metric.fit(self._residuals(fit_images))
-        scaled = self._fit_distance(normal_images, fit_metric=not (self._fits_on_training and fit_images))
         maps = self.synthetic_maps(normal_images, self._synthetic_rng(), AUTO_REPEATS)
         if scaled and self.auto_weight:
             self.choose_distance_weight(maps, len(normal_images))

@@ -202,3 +202,31 @@ def test_plugins_command_text():
 
 def test_build_uses_global_registry():
     assert callable(build("scan", "reference"))
+
+
+def test_path_fields_are_made_absolute_where_they_name_something(tmp_path, monkeypatch):
+    """``path_field`` marks the parameters that name files; ``absolute_paths`` anchors them to the working directory
+    (keywords, None, absolute paths, things that do not exist and other parameters are left as written)."""
+    from ssmad.core import absolute_paths, configclass, path_field, registry
+
+    @configclass
+    class Cfg:
+        weights: str | None = path_field(default="imagenet", keywords=("imagenet", "none"))
+        folders: tuple[str, ...] = path_field(default=())
+        label: str = "tex"
+
+    (tmp_path / "tex").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "imagenet").mkdir()                  # a keyword stays a keyword even where such a folder exists
+    monkeypatch.chdir(tmp_path)
+    params = {"weights": "w.pt", "folders": ["tex", "missing", "/abs/x"], "label": "tex"}
+    assert absolute_paths(Cfg, params) == {"weights": str(tmp_path / "w.pt"),
+                                           "folders": [str(tmp_path / "tex"), "missing", "/abs/x"], "label": "tex"}
+    assert absolute_paths(Cfg, {"weights": "ImageNet"}) == {"weights": "ImageNet"}
+    assert absolute_paths(Cfg, {"weights": None}) == {"weights": None}
+    assert absolute_paths(None, {"weights": "w.pt"}) == {"weights": "w.pt"}
+    # the built-in components mark theirs: the synthesiser's textures, the backbones' weights files
+    assert registry().absolute_paths("synth", "perlin", {"texture_dir": "tex", "p_clean": 0.5}) == {
+        "texture_dir": str(tmp_path / "tex"), "p_clean": 0.5}
+    assert registry().absolute_paths("backbone", "resnet18", {"weights": "w.pt"}) == {"weights": str(tmp_path / "w.pt")}
+    assert registry().absolute_paths("backbone", "pdn_small", {"weights": "none"}) == {"weights": "none"}

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 from .configs import (
+                      absolute_path,
+                      absolute_paths,
                       closest,
                       config_to_dict,
                       configclass,
@@ -15,6 +17,7 @@ from .configs import (
                       make_config,
                       non_empty,
                       non_negative,
+                      path_field,
                       positive,
                       suggest,
 )
@@ -31,11 +34,12 @@ from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",
-    "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "build", "build_spec", "closest",
+    "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "absolute_path", "absolute_paths",
+    "build", "build_spec", "closest",
     "components", "config_to_dict", "configclass", "describe", "field", "hookimpl", "hookspec", "in_range",
-    "make_config", "non_empty", "non_negative", "positive", "registry", "reset_registry", "suggest",
+    "make_config", "non_empty", "non_negative", "path_field", "positive", "registry", "reset_registry", "suggest",
 ]

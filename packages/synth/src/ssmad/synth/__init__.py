@@ -16,7 +16,7 @@ from .noise import perlin_mask, perlin_noise
 from .perlin import PerlinConfig, PerlinSynth, SynthSample, build_perlin
 from .textures import BUNDLED_TEXTURES, TextureSource, list_texture_files, read_texture
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "AUGMENTATIONS", "BUNDLED_TEXTURES", "PerlinConfig", "PerlinSynth", "SynthSample", "TextureSource",

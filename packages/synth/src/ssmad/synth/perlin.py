@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 from scipy import ndimage
 
-from ssmad.core import configclass, field, in_range, non_negative
+from ssmad.core import configclass, field, in_range, non_negative, path_field
 
 from .augment import AUGMENTATIONS, augment_texture
 from .noise import perlin_mask
@@ -44,7 +44,7 @@ def _check_augment_count(inst, attribute, value):
 class PerlinConfig:
     """Parameters of the ``perlin`` synthesiser (defaults: ALMRR/DRAEM public code)."""
 
-    texture_dir: str | None = None          # folder tree of texture images (DTD); None: scikit-image pictures
+    texture_dir: str | None = path_field(default=None)  # texture images' folder tree (DTD); None: skimage pictures
     p_clean: float = field(default=0.5, validator=in_range(0.0, 1.0))       # samples left without anomaly
     p_rotate: float = field(default=0.3, validator=in_range(0.0, 1.0))      # clean image rotated first
     opacity_range: tuple[float, float] = field(default=(0.2, 1.0), validator=_range01)  # texture weight α

@@ -83,8 +83,8 @@ class ALMRR(Method):
         "synth": [], "refiner": [], "distance_smooth": [], "distance_scale": [], "score": [],
     }
 
-    def __init__(self, config: dict[str, Any], device: torch.device):
-        super().__init__(config, device)
+    def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):
+        super().__init__(config, device, for_training)
         from ssmad.backbones import concat_stages
 
         self.concat_stages = concat_stages
@@ -114,9 +114,11 @@ class ALMRR(Method):
         refiner = build_role(config, "refiner", in_channels=len(self.refiner_inputs), out_channels=2)
         if refiner is not None:
             self.modules["refiner"] = refiner
-        self.synth = build_role(config, "synth") if component(config, "synth") else None
-        if self.synth is None:
+        if component(config, "synth") is None:
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
+        # built now for training (a bad texture folder fails at once), else when first used (scoring images needs
+        # no synthetic anomalies, nor the texture folder they are made of)
+        self._synth = build_role(config, "synth") if for_training else None
         self.score = build_role(config, "score")
         # the distance of the map; runs stored before the role existed used the mean squared distance
         self.metric = build_role(config, "distance") or MeanSquared()
@@ -148,6 +150,13 @@ class ALMRR(Method):
         self.fit_images: Sequence[torch.Tensor] | None = None   # training images to score epochs with (prepare)
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
+
+    @property
+    def synth(self):
+        """The synthesiser of training anomalies (built on first use when the method was made for scoring)."""
+        if self._synth is None:
+            self._synth = build_role(self.config, "synth")
+        return self._synth
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         # pretrained weights come back from their source; random ones (weights = "none") only from the checkpoint

@@ -147,6 +147,38 @@ def check_config(config: dict[str, Any]) -> None:
                 raise ConfigError(f"config: pipeline entry {entry.get('role', entry)!r} lacks {key!r}")
 
 
+def anchor_paths(config: dict[str, Any]) -> None:
+    """Make the configuration's relative file and folder paths absolute, against the working directory, in place
+    (a value is changed only where it names something that exists; the rest fail later, as the user wrote them):
+
+    - the dataset's ``KIND:PATH`` and ``[data.params] root``; a ``folder`` dataset without a root gets the working
+      directory as its root, against which it reads its relative folders, as before;
+    - every pipeline component's path parameters (``ssmad.core.path_field``: ``texture_dir``, weights files).
+
+    A new run stores its configuration so: ``test`` and ``--resume`` then find its data and files from any
+    directory."""
+    import os
+
+    from ssmad.core import absolute_path, registry
+    from ssmad.datasets import parse_spec
+
+    data = config["data"]
+    kind, path = parse_spec(str(data["spec"]))
+    if path is not None:
+        data["spec"] = f"{kind}:{absolute_path(path)}"
+    params = data.setdefault("params", {})
+    if isinstance(params.get("root"), str):
+        params["root"] = absolute_path(params["root"])
+    elif kind == "folder" and path is None and "root" not in params:
+        params["root"] = os.getcwd()
+    for entry in config["pipeline"]:
+        params = {k: v for k, v in entry.items() if k not in PIPELINE_META + ("kind", "name")}
+        try:
+            entry.update(registry().absolute_paths(entry["kind"], entry["name"], params))
+        except ConfigError:  # an unknown component: building the pipeline reports it with its role
+            continue
+
+
 def component(config: dict[str, Any], role: str) -> dict[str, Any] | None:
     """The pipeline entry of ``role`` or None when absent or ``enabled = false``."""
     for entry in config["pipeline"]:

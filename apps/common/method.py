@@ -51,9 +51,13 @@ class Method(ABC):
     #: pipeline.toml has an entry (an empty list: the default is the only working choice)
     alternatives: dict[str, list[str]] = {}
 
-    def __init__(self, config: dict[str, Any], device: torch.device):
+    def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):
+        """``for_training=False``: the state will come from a checkpoint (``test``, ``predict``), so what only
+        training reads (initial weight files, synthetic-anomaly textures) is not read now; a run then scores images
+        on a machine that lacks them."""
         self.config = config
         self.device = device
+        self.for_training = for_training
         self.modules = nn.ModuleDict()
 
     # -- training ---------------------------------------------------------------------------------------

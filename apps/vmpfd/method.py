@@ -71,8 +71,8 @@ class VMPFD(Method):
                     "density": [], "smooth_global": [], "norm_local": [], "norm_global": [], "fusion": []}
     branch_maps = ("local", "global")
 
-    def __init__(self, config: dict[str, Any], device: torch.device):
-        super().__init__(config, device)
+    def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):
+        super().__init__(config, device, for_training)
         m = config["method"]
         self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
         self.grid = section_value(config, "method", "grid", int, lambda v: v >= 1, "an integer >= 1")
@@ -104,7 +104,10 @@ class VMPFD(Method):
             "lr": float(optional_value(config, "method", "distill_lr", 5e-4, NUMBER, lambda v: v > 0,
                                        "a number > 0")),
         }
-        pdn = build_role(config, "pdn")
+        entry = component(config, "pdn")
+        if entry is not None and not for_training:  # the PDN's weights come from the checkpoint, not its file
+            entry = dict(entry, weights="none")
+        pdn = None if entry is None else build_role({"pipeline": [entry]}, "pdn")
         if pdn is None:
             raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
         self.modules["pdn"] = pdn

@@ -76,6 +76,11 @@ class App:
         te.add_argument("--figures", type=int, default=8, help="heat-map figures of the worst-scored images")
         te.add_argument("--device", default="auto")
         te.add_argument("--batch-size", type=positive_int, help="images per batch (default train.eval_batch_size)")
+        te.add_argument("--data", help="evaluate on this dataset (KIND:PATH) instead of the run's own, e.g. where the "
+                                       "run's data moved; the run's [data.params] are kept for the same KIND")
+        te.add_argument("--category", help="with --data: the dataset category (default the run's)")
+        te.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --data: a dataset option over the run's (repeatable)")
         pr = sub.add_parser("predict", help="score images with a trained run", epilog=PREDICT_NAMING)
         pr.add_argument("--run", required=True, help="run folder")
         pr.add_argument("inputs", nargs="+", help="image files or folders")
@@ -133,9 +138,7 @@ class App:
 
     # -- train ------------------------------------------------------------------------------------------------
     def train_config(self, args) -> dict[str, Any]:
-        from ssmad.core.files import apply_overrides
-
-        from .config import check_config
+        from .config import anchor_paths, check_config
 
         preset = args.preset or (None if args.data else "demo")
         overrides = list(args.set)
@@ -143,21 +146,9 @@ class App:
                           ("image_size", "data.image_size")):
             if getattr(args, flag) is not None:
                 overrides.append(f"{key}={getattr(args, flag)}")
-        config = load_config(self.app_dir, preset, args.config, overrides)
-        data = []
-        if args.data:
-            # the preset's dataset options belong to its dataset kind: another kind starts without them
-            if args.data.split(":", 1)[0] != str(config["data"]["spec"]).split(":", 1)[0]:
-                config["data"]["params"] = {}
-            data.append(f"data.spec={json.dumps(args.data)}")
-        if args.category:
-            data.append(f"data.category={json.dumps(args.category)}")
-        for item in args.data_param:
-            if "=" not in item:
-                raise ConfigError(f"--data-param {item!r}: expected KEY=VALUE")
-            data.append(f"data.params.{item}")
-        config = apply_overrides(config, data)
+        config = with_data_flags(load_config(self.app_dir, preset, args.config, overrides), args)
         check_config(config)
+        anchor_paths(config)   # stored absolute: test and --resume find the data and files from any directory
         return config
 
     #: what ``--set`` may change when a run resumes (the rest of its stored configuration is what it trained with)
@@ -242,7 +233,7 @@ class App:
     # -- test -------------------------------------------------------------------------------------------------
     def load_method(self, run_dir: Path, device):
         ckpt = load_checkpoint(run_dir, self.name)
-        method = self.method_cls(ckpt["config"], device)
+        method = self.method_cls(ckpt["config"], device, for_training=False)
         method.load_state_dict(ckpt["state"])
         method.train(False)
         return method, ckpt
@@ -288,11 +279,17 @@ class App:
         else:
             out = Path(f"report-{time.strftime('%Y%m%d-%H%M%S')}")
         out_folder(out, "--out")
-        self.evaluate_runs(runs, out, device, figures=args.figures, batch_size=args.batch_size)
+        if (args.category or args.data_param) and not args.data:
+            raise ConfigError("--category and --data-param belong to --data (the dataset to evaluate on); give "
+                              "--data KIND:PATH too")
+        self.evaluate_runs(runs, out, device, figures=args.figures, batch_size=args.batch_size,
+                           data_flags=args if args.data else None)
         return 0
 
     def evaluate_runs(self, runs: list[Path], out: Path, device, figures: int = 8, batch_size: int | None = None,
-                      method=None) -> dict[str, dict[str, float]]:
+                      method=None, data_flags=None) -> dict[str, dict[str, float]]:
+        """Test each run on its test split (``data_flags``: the parsed ``--data``/``--category``/``--data-param``
+        of ``test``, which point it at another place or dataset) and write the report to ``out``."""
         from ssmad.scoring import evaluate
         from ssmad.scoring.report import save_worst, write_metrics
 
@@ -308,8 +305,15 @@ class App:
             if method is None or len(runs) > 1:
                 method, ckpt = self.load_method(run_dir, device)
                 self.unfinished_note(run_dir, ckpt, "test")
-            config = method.config
-            data = open_data(config)
+            config = method.config if data_flags is None else with_data_flags(method.config, data_flags)
+            try:
+                data = open_data(config)
+            except DataError as exc:
+                if data_flags is not None:
+                    raise
+                raise DataError(f"{exc} (the data {run_dir} was trained on; if it moved, or the run was trained in "
+                                f"another directory before apps 0.9.0, give its place: python -m apps.{self.name} "
+                                f"test --run {shlex.quote(str(run_dir))} --data KIND:PATH)") from None
             for note in check_split(run_dir, data):   # a DataError when training images are now test images
                 print(f"note: {note}", file=sys.stderr, flush=True)
             if len(data.test) == 0:
@@ -517,6 +521,28 @@ def remove_unstarted(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         run_dir.rmdir()
+
+
+def with_data_flags(config: dict[str, Any], args) -> dict[str, Any]:
+    """``config`` with its ``[data]`` changed by ``--data``, ``--category`` and ``--data-param`` (a copy; absent
+    flags change nothing). Dataset options belong to a dataset kind: another kind starts without the config's."""
+    import copy
+
+    from ssmad.core.files import apply_overrides
+
+    config = copy.deepcopy(config)
+    data = []
+    if args.data:
+        if args.data.split(":", 1)[0] != str(config["data"]["spec"]).split(":", 1)[0]:
+            config["data"]["params"] = {}
+        data.append(f"data.spec={json.dumps(args.data)}")
+    if args.category:
+        data.append(f"data.category={json.dumps(args.category)}")
+    for item in args.data_param:
+        if "=" not in item:
+            raise ConfigError(f"--data-param {item!r}: expected KEY=VALUE")
+        data.append(f"data.params.{item}")
+    return apply_overrides(config, data)
 
 
 def out_folder(path: Path, flag: str) -> Path:

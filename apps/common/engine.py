@@ -168,8 +168,8 @@ def write_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -
     test_paths = getattr(data.test, "paths", None)
     if train_paths is None or test_paths is None:
         return
-    split = {"train": [train_paths[i] for i in train_idx], "validation": [train_paths[i] for i in val_idx],
-             "test": list(test_paths)}
+    split = {"root": getattr(data, "root", None), "train": [train_paths[i] for i in train_idx],
+             "validation": [train_paths[i] for i in val_idx], "test": list(test_paths)}
     tmp = run_dir / (SPLIT_FILE + ".tmp")
     tmp.write_text(json.dumps(split, indent=1) + "\n")
     tmp.replace(run_dir / SPLIT_FILE)
@@ -187,14 +187,21 @@ def check_split(run_dir: Path, data) -> list[str]:
         return []
     try:
         split = json.loads(path.read_text())
-        seen = set(split["train"]) | set(split["validation"])
-        before = set(split["test"])
+        old_root, new_root = split.get("root"), getattr(data, "root", None)
+
+        def listed(key: str) -> set[str]:   # the run's images, where they are now when the dataset moved
+            if not old_root or not new_root:
+                return {str(Path(p)) for p in split[key]}
+            return {_moved(p, Path(old_root), Path(new_root)) for p in split[key]}
+
+        seen = listed("train") | listed("validation")
+        before = listed("test")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
-    now = set(test_paths)
+    now = {str(Path(p)) for p in test_paths}
     if not (now & (before | seen)):
-        return [f"none of the test images is where it was at training time (the data moved?); the test split "
-                f"was not compared with training time's ({path})"]
+        return [f"none of the test images is where it was at training time (the data moved? runs trained before "
+                f"apps 0.9.0 cannot follow it); the test split was not compared with training time's ({path})"]
     leaked = sorted(now & seen)
     if leaked:
         raise DataError(f"{len(leaked)} test image(s) were training images of this run (e.g. {leaked[0]}): the "
@@ -205,6 +212,15 @@ def check_split(run_dir: Path, data) -> list[str]:
         return [f"the test split differs from training time's: {len(now - before)} image(s) added, "
                 f"{len(before - now)} missing (the run's test images are listed in {path})"]
     return []
+
+
+def _moved(path: str, old_root: Path, new_root: Path) -> str:
+    """``path`` under ``old_root`` as the same file under ``new_root`` (unchanged when outside ``old_root``; the
+    same path when the roots are one)."""
+    try:
+        return str(new_root / Path(path).relative_to(old_root))
+    except ValueError:
+        return str(Path(path))
 
 
 SELECT_FEW_IMAGES = 20        # train.select = "best" on fewer held-out images says its choice is noisy

@@ -60,3 +60,23 @@ def test_other_changes_are_notes_and_old_runs_are_not_checked(tmp_path):
     assert len(notes) == 1 and "1 image(s) added, 0 missing" in notes[0]
     (tmp_path / SPLIT_FILE).unlink()
     assert check_split(tmp_path, _open(tmp_path / "data")) == []
+
+
+def test_a_moved_dataset_is_followed_from_the_root_stored_with_the_split(tmp_path):
+    """split.json keeps the dataset's root: the same images under a new root are the run's images, so the check
+    still compares (and still catches leaked training images) after the folder moved."""
+    _images(tmp_path / "data" / "good", [f"{i:03d}" for i in range(12)])
+    data = _open(tmp_path / "data")
+    write_split(tmp_path, data, *split_validation(data.train, 0.2, 0))
+    assert json.loads((tmp_path / SPLIT_FILE).read_text())["root"] == str(tmp_path / "data")
+    (tmp_path / "data").rename(tmp_path / "moved")
+    assert check_split(tmp_path, _open(tmp_path / "moved")) == []
+    _images(tmp_path / "moved" / "good", [f"{i:03d}" for i in range(12, 16)])
+    with pytest.raises(DataError, match="were training images of this run"):
+        check_split(tmp_path, _open(tmp_path / "moved"))
+    # a split stored without the root (runs before apps 0.9.0) cannot follow: one note, no check
+    split = json.loads((tmp_path / SPLIT_FILE).read_text())
+    del split["root"]
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(split))
+    notes = check_split(tmp_path, _open(tmp_path / "moved"))
+    assert len(notes) == 1 and "none of the test images is where it was" in notes[0]

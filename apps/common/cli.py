@@ -68,7 +68,8 @@ class App:
         tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
         tr.add_argument("--seed", type=int)
         tr.add_argument("--out", help="run folder (default runs/<app>/<time>-<data>)")
-        tr.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest run)")
+        tr.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest run); "
+                        "with --data KIND:PATH, where its data is now")
         tr.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
         te = sub.add_parser("test", help="evaluate a trained run on its test split: metrics, report, heat maps")
         te.add_argument("--run", action="append", required=True, help="run folder (repeat for a multi-category table)")
@@ -156,16 +157,25 @@ class App:
                    "train.threshold_quantile")
 
     def resume_config(self, args, config: dict[str, Any]) -> dict[str, Any]:
-        """The stored configuration of a resumed run with ``--epochs`` and the ``--set`` values of
-        :attr:`RESUME_KEYS`; any other change is a ConfigError, not silently ignored."""
+        """The stored configuration of a resumed run with ``--epochs``, the ``--set`` values of :attr:`RESUME_KEYS`
+        and ``--data`` (with ``--data-param``) naming the run's dataset kind in a new place; any other change is a
+        ConfigError, not silently ignored."""
         from ssmad.core.files import apply_overrides
 
-        from .config import check_config
+        from .config import anchor_paths, check_config
 
-        for flag in ("data", "category", "preset", "config", "batch_size", "image_size", "seed", "data_param"):
+        for flag in ("category", "preset", "config", "batch_size", "image_size", "seed"):
             if getattr(args, flag):
                 raise ConfigError(f"--{flag.replace('_', '-')}: --resume continues a run with the configuration it "
                                   f"was trained with; start a new run (another --out) to change it")
+        if args.data_param and not args.data:
+            raise ConfigError("--data-param: with --resume it belongs to --data (the run's data in a new place)")
+        if args.data:   # the same data in a new place (checked against split.json before training continues)
+            kind = str(config["data"]["spec"]).split(":", 1)[0]
+            if args.data.split(":", 1)[0] != kind:
+                raise ConfigError(f"--data {args.data}: --resume continues on the run's own data ({kind}:...); "
+                                  f"--data may only give its new place, as {kind}:PATH")
+            config = with_data_flags(config, args)
         for item in args.set:
             key = item.split("=", 1)[0].strip()
             if key not in self.RESUME_KEYS:
@@ -174,6 +184,8 @@ class App:
         epochs = [] if args.epochs is None else [f"train.epochs={args.epochs}"]
         config = apply_overrides(config, [*args.set, *epochs])
         check_config(config)
+        if args.data:
+            anchor_paths(config)
         return config
 
     def cmd_train(self, args) -> int:
@@ -212,7 +224,8 @@ class App:
         method = self.method_cls(config, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         self._train_dir = run_dir
-        write_config(run_dir, config)
+        if not args.resume:   # a resumed run's config is rewritten once its data has been checked (engine.train)
+            write_config(run_dir, config)
         print(f"run folder: {run_dir}", flush=True)
         self._earlier_model = (run_dir / "model.pt").stat().st_mtime_ns if (run_dir / "model.pt").is_file() else None
         try:

@@ -54,6 +54,9 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     if len(train_idx) < 2:   # before prepare, which may distil a feature extractor for minutes
         raise DataError(f"{config['data']['spec']}: {len(train_idx)} training image(s) after holding out "
                         f"{len(val_idx)} for validation; training needs at least 2 normal images")
+    if resume:   # before anything is written: a leaked image stops the resume with the run as it was
+        for note in check_resumed_split(run_dir, data, train_idx, val_idx):
+            print(f"note: {note}", file=sys.stderr, flush=True)
     selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
     write_config(run_dir, config)
@@ -175,29 +178,33 @@ def write_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -
     tmp.replace(run_dir / SPLIT_FILE)
 
 
+def _stored_split(path: Path, data) -> dict[str, set[str]]:
+    """The image sets of ``split.json`` (train, validation, test), each path where it is now when the dataset moved
+    (the stored root replaced by the dataset's). Raises OSError, ValueError, KeyError or TypeError when unreadable."""
+    split = json.loads(path.read_text())
+    old_root, new_root = split.get("root"), getattr(data, "root", None)
+    if not old_root or not new_root:
+        return {key: {str(Path(p)) for p in split[key]} for key in ("train", "validation", "test")}
+    return {key: {_moved(p, Path(old_root), Path(new_root)) for p in split[key]}
+            for key in ("train", "validation", "test")}
+
+
 def check_split(run_dir: Path, data) -> list[str]:
     """Compare the test split as the dataset lists it now with the one the run was trained with (``split.json``;
-    runs without it are not checked). A dataset split by a seed (a ``folder`` of normal images without
-    ``test_normal``, ``mtd``, ``nanotwice``) is split again from its current listing: images added to or removed
-    from the folder move others between training and test. An image the run trained on (or held out) that is now
-    a test image is a DataError; any other difference is returned as a note."""
+    runs without it are not checked; a dataset that moved is followed by the root stored with it). A dataset split
+    by a seed (a ``folder`` of normal images without ``test_normal``, ``mtd``, ``nanotwice``) is split again from
+    its current listing: images added to or removed from the folder move others between training and test. An
+    image the run trained on (or held out) that is now a test image is a DataError; any other difference is
+    returned as a note."""
     path = run_dir / SPLIT_FILE
     test_paths = getattr(data.test, "paths", None)
     if not path.is_file() or test_paths is None:
         return []
     try:
-        split = json.loads(path.read_text())
-        old_root, new_root = split.get("root"), getattr(data, "root", None)
-
-        def listed(key: str) -> set[str]:   # the run's images, where they are now when the dataset moved
-            if not old_root or not new_root:
-                return {str(Path(p)) for p in split[key]}
-            return {_moved(p, Path(old_root), Path(new_root)) for p in split[key]}
-
-        seen = listed("train") | listed("validation")
-        before = listed("test")
+        split = _stored_split(path, data)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
+    seen, before = split["train"] | split["validation"], split["test"]
     now = {str(Path(p)) for p in test_paths}
     if not (now & (before | seen)):
         return [f"none of the test images is where it was at training time (the data moved? runs trained before "
@@ -212,6 +219,26 @@ def check_split(run_dir: Path, data) -> list[str]:
         return [f"the test split differs from training time's: {len(now - before)} image(s) added, "
                 f"{len(before - now)} missing (the run's test images are listed in {path})"]
     return []
+
+
+def check_resumed_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -> list[str]:
+    """Before a resumed run continues: :func:`check_split` (training images now in the test split are a
+    DataError), and a note when the training or held-out images differ from those it started with."""
+    notes = check_split(run_dir, data)
+    path, train_paths = run_dir / SPLIT_FILE, getattr(data.train, "paths", None)
+    if not path.is_file() or train_paths is None:
+        return notes
+    try:
+        split = _stored_split(path, data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return notes                                   # check_split has said so
+    for key, idx in (("train", train_idx), ("validation", val_idx)):
+        now = {str(Path(train_paths[i])) for i in idx}
+        if now != split[key]:
+            notes.append(f"the {key} images differ from those the run started with: {len(now - split[key])} "
+                         f"added, {len(split[key] - now)} missing; it continues on the current ones (which {path} "
+                         f"will list)")
+    return notes
 
 
 def _moved(path: str, old_root: Path, new_root: Path) -> str:

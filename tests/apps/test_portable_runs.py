@@ -114,3 +114,33 @@ def test_vmpfd_reads_its_pdn_weights_file_only_to_train(tmp_path):
         VMPFD(config, torch.device("cpu"))
     scoring = VMPFD(config, torch.device("cpu"), for_training=False)
     assert scoring.modules["pdn"] is not None
+
+
+def test_resume_follows_moved_data_and_refuses_a_changed_split(tmp_path, run_app):
+    data = tmp_path / "data"
+    _images(data / "good", 12, 0)
+    _images(data / "bad", 3, 1, defect=True)
+    run = tmp_path / "run"
+    common = ("--device", "cpu", "--no-test")
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--data", f"folder:{data}", "--data-param",
+                           "normal=good", "--data-param", "abnormal=bad", "--epochs", "1", "--out", str(run), *common)
+    assert code == 0, err
+    data.rename(tmp_path / "moved")
+    code, _, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--data", "mtd:/x", *common)
+    assert code == 2 and "--data may only give its new place, as folder:PATH" in err, err
+    # images added to the seeded split move training images into the test split: refused, the run untouched
+    _images(tmp_path / "moved" / "good", 16, 3)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    code, _, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--data",
+                           f"folder:{tmp_path / 'moved'}", *common)
+    assert code == 2 and "were training images of this run" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    for extra in sorted((tmp_path / "moved" / "good").glob("01[2-5].png")):   # the run's twelve names again
+        extra.unlink()
+    code, _, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--data",
+                           f"folder:{tmp_path / 'moved'}", *common)
+    assert code == 0, err
+    assert "differ" not in err and "test split" not in err
+    assert "resumed from" in (run / "train.log").read_text()
+    assert tomllib.loads((run / "config.toml").read_text())["data"]["spec"] == f"folder:{tmp_path / 'moved'}"
+    assert json.loads((run / "split.json").read_text())["root"] == str(tmp_path / "moved")

@@ -80,3 +80,22 @@ def test_a_moved_dataset_is_followed_from_the_root_stored_with_the_split(tmp_pat
     (tmp_path / SPLIT_FILE).write_text(json.dumps(split))
     notes = check_split(tmp_path, _open(tmp_path / "moved"))
     assert len(notes) == 1 and "none of the test images is where it was" in notes[0]
+
+
+def test_a_resume_notes_training_images_that_changed(tmp_path):
+    from apps.common.engine import check_resumed_split
+    from ssmad.datasets import open_dataset
+
+    def opened():
+        return open_dataset(f"folder:{tmp_path / 'data'}", normal="good", test_normal="test", image_size=32)
+
+    _images(tmp_path / "data" / "good", [f"{i:03d}" for i in range(10)])
+    _images(tmp_path / "data" / "test", ["t0", "t1"])
+    data = opened()
+    write_split(tmp_path, data, *split_validation(data.train, 0.2, 0))
+    assert check_resumed_split(tmp_path, opened(), *split_validation(opened().train, 0.2, 0)) == []
+    _images(tmp_path / "data" / "good", ["010", "011"])
+    data = opened()
+    notes = check_resumed_split(tmp_path, data, *split_validation(data.train, 0.2, 0))
+    assert notes and all("differ from those the run started with" in n for n in notes)
+    assert "train images differ" in notes[0]

@@ -206,8 +206,8 @@ def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     assert code == 2 and "already holds a run" in err
     # a resumed run keeps its configuration: what it may not change is one clear error, not silently ignored
     for argv, needle in ((["--set", "train.lr=1"], "--set train.lr: --resume keeps"),
-                         (["--preset", "smoke"], "--preset"), (["--data", "demo"], "--data"),
-                         (["--seed", "3"], "--seed")):
+                         (["--preset", "smoke"], "--preset"), (["--seed", "3"], "--seed"),
+                         (["--data", "mtd:/x"], "--data may only give its new place")):
         code, _, err = run_app(APP, "train", "--resume", "--out", str(run), *argv, "--no-test")
         assert code == 2 and err.startswith("error: ") and needle in err, err
     code, out, err = run_app(APP, "train", "--resume", "--out", str(run), "--epochs", "2", "--set",

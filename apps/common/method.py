@@ -54,10 +54,9 @@ class Method(ABC):
     def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):
         """``for_training=False``: the state will come from a checkpoint (``test``, ``predict``), so what only
         training reads (initial weight files, synthetic-anomaly textures) is not read now; a run then scores images
-        on a machine that lacks them."""
+        on a machine that lacks them. Subclasses honour it in their own ``__init__``."""
         self.config = config
         self.device = device
-        self.for_training = for_training
         self.modules = nn.ModuleDict()
 
     # -- training ---------------------------------------------------------------------------------------

@@ -172,9 +172,9 @@ def anchor_paths(config: dict[str, Any]) -> None:
     elif kind == "folder" and path is None and "root" not in params:
         params["root"] = os.getcwd()
     for entry in config["pipeline"]:
-        params = {k: v for k, v in entry.items() if k not in PIPELINE_META + ("kind", "name")}
+        own = {k: v for k, v in entry.items() if k not in PIPELINE_META + ("kind", "name")}
         try:
-            entry.update(registry().absolute_paths(entry["kind"], entry["name"], params))
+            entry.update(registry().absolute_paths(entry["kind"], entry["name"], own))
         except ConfigError:  # an unknown component: building the pipeline reports it with its role
             continue
 

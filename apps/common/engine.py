@@ -183,10 +183,23 @@ def _stored_split(path: Path, data) -> dict[str, set[str]]:
     (the stored root replaced by the dataset's). Raises OSError, ValueError, KeyError or TypeError when unreadable."""
     split = json.loads(path.read_text())
     old_root, new_root = split.get("root"), getattr(data, "root", None)
-    if not old_root or not new_root:
-        return {key: {str(Path(p)) for p in split[key]} for key in ("train", "validation", "test")}
-    return {key: {_moved(p, Path(old_root), Path(new_root)) for p in split[key]}
-            for key in ("train", "validation", "test")}
+
+    def now(p: str) -> str:
+        return _moved(p, Path(old_root), Path(new_root)) if old_root and new_root else str(Path(p))
+
+    return {key: {now(p) for p in split[key]} for key in ("train", "validation", "test")}
+
+
+def _read_split(run_dir: Path, data) -> tuple[dict[str, set[str]] | None, list[str]]:
+    """(:func:`_stored_split` of the run, notes): (None, []) for a run without ``split.json`` or a dataset without
+    file paths, (None, [why]) when it cannot be read."""
+    path = run_dir / SPLIT_FILE
+    if not path.is_file() or getattr(data.test, "paths", None) is None:
+        return None, []
+    try:
+        return _stored_split(path, data), []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
 
 
 def check_split(run_dir: Path, data) -> list[str]:
@@ -196,16 +209,14 @@ def check_split(run_dir: Path, data) -> list[str]:
     its current listing: images added to or removed from the folder move others between training and test. An
     image the run trained on (or held out) that is now a test image is a DataError; any other difference is
     returned as a note."""
-    path = run_dir / SPLIT_FILE
-    test_paths = getattr(data.test, "paths", None)
-    if not path.is_file() or test_paths is None:
-        return []
-    try:
-        split = _stored_split(path, data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
+    split, notes = _read_split(run_dir, data)
+    return notes if split is None else _compare_test(run_dir / SPLIT_FILE, split, data)
+
+
+def _compare_test(path: Path, split: dict[str, set[str]], data) -> list[str]:
+    """:func:`check_split` on the run's split as read."""
     seen, before = split["train"] | split["validation"], split["test"]
-    now = {str(Path(p)) for p in test_paths}
+    now = {str(Path(p)) for p in data.test.paths}
     if not (now & (before | seen)):
         return [f"none of the test images is where it was at training time (the data moved? runs trained before "
                 f"apps 0.9.0 cannot follow it); the test split was not compared with training time's ({path})"]
@@ -224,14 +235,13 @@ def check_split(run_dir: Path, data) -> list[str]:
 def check_resumed_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -> list[str]:
     """Before a resumed run continues: :func:`check_split` (training images now in the test split are a
     DataError), and a note when the training or held-out images differ from those it started with."""
-    notes = check_split(run_dir, data)
-    path, train_paths = run_dir / SPLIT_FILE, getattr(data.train, "paths", None)
-    if not path.is_file() or train_paths is None:
+    split, notes = _read_split(run_dir, data)
+    if split is None:
         return notes
-    try:
-        split = _stored_split(path, data)
-    except (OSError, ValueError, KeyError, TypeError):
-        return notes                                   # check_split has said so
+    path, train_paths = run_dir / SPLIT_FILE, getattr(data.train, "paths", None)
+    notes = _compare_test(path, split, data)
+    if train_paths is None:
+        return notes
     for key, idx in (("train", train_idx), ("validation", val_idx)):
         now = {str(Path(train_paths[i])) for i in idx}
         if now != split[key]:

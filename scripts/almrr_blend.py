@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/almrr_blend.py RUN_DIR [--weights 0,0.02,0.05,0.1,0.2,0.5,1] [--repeats 2]
                                             [--seed SEED] [--on synthetic|test] [--device cpu]
+                                            [--data KIND:PATH [--category C] [--data-param KEY=VALUE]]
 
 ``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). By default
 (``--on synthetic``) this script scores each w of ``--weights`` without the test set: every held-out normal image
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.almrr.method import AUTO_WEIGHTS
     from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
-    ap = run_parser(__doc__, "ALMRR", band=False)
+    ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in AUTO_WEIGHTS),
                     help="weights to score (comma-separated; default: those \"auto\" chooses among)")
     ap.add_argument("--repeats", type=int, default=2, help="synthetic anomalies per held-out image (default 2)")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.common.engine import infer
     from ssmad.scoring import METRICS, evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "ALMRR")) is None:
+    if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:
         return 2
     method, config, data, _, val_idx = opened
     if "refiner" not in method.modules:

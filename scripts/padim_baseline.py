@@ -1,6 +1,7 @@
 """A PaDiM baseline on the features and data split of a finished ALMRR run: how far a training-free model gets.
 
     .venv/bin/python scripts/padim_baseline.py RUN_DIR [--channels 200] [--ridge 0.01] [--device cpu]
+        [--data KIND:PATH [--category C] [--data-param KEY=VALUE]]
 
 PaDiM (Defard et al., 2021) models the backbone features at each position of the feature grid by one Gaussian,
 fitted on normal images; an image's map is the Mahalanobis distance at each position. Here the features are the
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 def main(argv: list[str] | None = None) -> int:
     from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
-    ap = run_parser(__doc__, "ALMRR", band=False)
+    ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--channels", type=int, default=200,
                     help="at most this many feature channels, a random subset beyond it (default 200)")
     ap.add_argument("--ridge", type=float, default=0.01, help="added to the covariance diagonal (default 0.01)")
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from apps.common.cli import by_defect_type
     from ssmad.scoring import METRICS, evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "ALMRR")) is None:
+    if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:
         return 2
     method, config, data, train_idx, _ = opened
     if len(train_idx) < 2 or len(data.test) == 0:

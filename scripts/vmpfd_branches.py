@@ -1,6 +1,7 @@
 """Each VMPFD-AD map of a run alone, raw and normalised per position, and where its maxima lie.
 
     .venv/bin/python scripts/vmpfd_branches.py RUN_DIR [--band-px 16] [--device cpu]
+        [--data KIND:PATH [--category C] [--data-param KEY=VALUE]]
 
 Recomputes the local (LAM) and global (GAM) maps of the run's held-out normal validation images and of its test
 images, and prints for each map image AUROC, pixel AUROC, pixel AP and AUPRO: as the run uses it (its quantile
@@ -28,13 +29,13 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 def main(argv: list[str] | None = None) -> int:
     from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
 
-    args = run_parser(__doc__, "VMPFD-AD").parse_args(argv)
+    args = run_parser(__doc__, "VMPFD-AD", data=True).parse_args(argv)
 
     from apps.vmpfd.__main__ import APP
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args.run, args.device, "VMPFD-AD")) is None:
+    if (opened := open_or_report(open_run_data, APP, args, "VMPFD-AD")) is None:
         return 2
     method, config, data, train_idx, val_idx = opened
     if not val_idx or len(data.test) == 0:

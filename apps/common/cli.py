@@ -77,11 +77,8 @@ class App:
         te.add_argument("--figures", type=int, default=8, help="heat-map figures of the worst-scored images")
         te.add_argument("--device", default="auto")
         te.add_argument("--batch-size", type=positive_int, help="images per batch (default train.eval_batch_size)")
-        te.add_argument("--data", help="evaluate on this dataset (KIND:PATH) instead of the run's own, e.g. where the "
-                                       "run's data moved; the run's [data.params] are kept for the same KIND")
-        te.add_argument("--category", help="with --data: the dataset category (default the run's)")
-        te.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --data: a dataset option over the run's (repeatable)")
+        add_data_flags(te, "evaluate on this dataset (KIND:PATH) instead of the run's own, e.g. where the run's "
+                           "data moved; the run's [data.params] are kept for the same KIND")
         pr = sub.add_parser("predict", help="score images with a trained run", epilog=PREDICT_NAMING)
         pr.add_argument("--run", required=True, help="run folder")
         pr.add_argument("inputs", nargs="+", help="image files or folders")
@@ -292,11 +289,8 @@ class App:
         else:
             out = Path(f"report-{time.strftime('%Y%m%d-%H%M%S')}")
         out_folder(out, "--out")
-        if (args.category or args.data_param) and not args.data:
-            raise ConfigError("--category and --data-param belong to --data (the dataset to evaluate on); give "
-                              "--data KIND:PATH too")
         self.evaluate_runs(runs, out, device, figures=args.figures, batch_size=args.batch_size,
-                           data_flags=args if args.data else None)
+                           data_flags=data_flags(args))
         return 0
 
     def evaluate_runs(self, runs: list[Path], out: Path, device, figures: int = 8, batch_size: int | None = None,
@@ -306,8 +300,7 @@ class App:
         from ssmad.scoring import evaluate
         from ssmad.scoring.report import save_worst, write_metrics
 
-        from .data import open_data
-        from .engine import check_split, infer
+        from .engine import infer
 
         results: dict[str, dict[str, float]] = {}
         branch_results: dict[str, dict[str, float]] = {}
@@ -318,17 +311,9 @@ class App:
             if method is None or len(runs) > 1:
                 method, ckpt = self.load_method(run_dir, device)
                 self.unfinished_note(run_dir, ckpt, "test")
-            config = method.config if data_flags is None else with_data_flags(method.config, data_flags)
-            try:
-                data = open_data(config)
-            except DataError as exc:
-                if data_flags is not None:
-                    raise
-                raise DataError(f"{exc} (the data {run_dir} was trained on; if it moved, or the run was trained in "
-                                f"another directory before apps 0.9.0, give its place: python -m apps.{self.name} "
-                                f"test --run {shlex.quote(str(run_dir))} --data KIND:PATH)") from None
-            for note in check_split(run_dir, data):   # a DataError when training images are now test images
-                print(f"note: {note}", file=sys.stderr, flush=True)
+            config, data = open_run_dataset(
+                run_dir, method.config, data_flags,
+                f"python -m apps.{self.name} test --run {shlex.quote(str(run_dir))} --data KIND:PATH")
             if len(data.test) == 0:
                 raise DataError(f"{config['data']['spec']}: the test split is empty; nothing to evaluate")
             bs = batch_size or int(config["train"]["eval_batch_size"])
@@ -556,6 +541,47 @@ def with_data_flags(config: dict[str, Any], args) -> dict[str, Any]:
             raise ConfigError(f"--data-param {item!r}: expected KEY=VALUE")
         data.append(f"data.params.{item}")
     return apply_overrides(config, data)
+
+
+def add_data_flags(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """``--data KIND:PATH [--category C] [--data-param KEY=VALUE]``: the dataset a finished run is evaluated on
+    (``test``, the diagnostic scripts), read back by :func:`data_flags`."""
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--category", help="with --data: the dataset category (default the run's)")
+    parser.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --data: a dataset option over the run's (repeatable)")
+
+
+def data_flags(args) -> Any:
+    """``args`` when they give ``--data`` (for :func:`with_data_flags`), else None; a ConfigError for ``--category``
+    or ``--data-param`` without it (they belong to ``--data``)."""
+    if args.data:
+        return args
+    if args.category or args.data_param:
+        raise ConfigError("--category and --data-param belong to --data (the dataset to evaluate on); give --data "
+                          "KIND:PATH too")
+    return None
+
+
+def open_run_dataset(run_dir: Path, config: dict[str, Any], data_flags, retry: str) -> tuple[dict[str, Any], Any]:
+    """(config, dataset) that a finished run is evaluated on: its own data, or the dataset that ``data_flags`` (the
+    parsed ``--data``/``--category``/``--data-param``, or None) name. The test split is checked against the run's
+    ``split.json`` (a DataError when training images are now test images; other differences are printed as notes).
+    When the run's own data is missing, the DataError ends with ``retry``: the command that gives its new place."""
+    from .data import open_data
+    from .engine import check_split
+
+    config = config if data_flags is None else with_data_flags(config, data_flags)
+    try:
+        data = open_data(config)
+    except DataError as exc:
+        if data_flags is not None:
+            raise
+        raise DataError(f"{exc} (the data {run_dir} was trained on; if it moved, or the run was trained in another "
+                        f"directory before apps 0.9.0, give its place: {retry})") from None
+    for note in check_split(run_dir, data):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return config, data
 
 
 def out_folder(path: Path, flag: str) -> Path:

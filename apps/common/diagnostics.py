@@ -1,4 +1,5 @@
-"""What the diagnostic scripts of finished runs share (scripts/almrr_border.py, scripts/vmpfd_branches.py)."""
+"""What the diagnostic scripts of finished runs share (scripts/almrr_border.py, almrr_blend.py, padim_baseline.py,
+vmpfd_branches.py)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ import torch
 from ssmad.core import CheckpointError, SsmadError
 
 
-def run_parser(doc: str, what: str, band: bool = True) -> argparse.ArgumentParser:
-    """``RUN [--band-px 16] [--device cpu]`` (``--band-px`` only with ``band``), described by the first line of the
-    script's ``doc``."""
+def run_parser(doc: str, what: str, band: bool = True, data: bool = False) -> argparse.ArgumentParser:
+    """``RUN [--band-px 16] [--device cpu]`` (``--band-px`` only with ``band``), with ``data`` also ``--data
+    KIND:PATH [--category C] [--data-param KEY=VALUE]`` (the run's data where it is now, as ``test --data``; for
+    :func:`open_run_data`), described by the first line of the script's ``doc``."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("run", help=f"a finished {what} run folder (with model.pt)")
     if band:
         ap.add_argument("--band-px", type=int, default=16, help="border band in input pixels (default 16)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    if data:
+        from .cli import add_data_flags
+
+        add_data_flags(ap, "the run's dataset (KIND:PATH) where it is now, when it moved")
     return ap
 
 
@@ -35,14 +41,17 @@ def open_finished_run(app, run: str | Path, device: str, what: str) -> tuple[Any
     return app.load_method(model, resolve_device(device))
 
 
-def open_run_data(app, run: str | Path, device: str, what: str):
-    """(method, config, data, train_idx, val_idx) of a finished run: its model on ``device``, its dataset, and the
-    split of its training images into those it trained on and those it held out; an SsmadError otherwise."""
-    from .data import open_data, split_validation
+def open_run_data(app, args: argparse.Namespace, what: str):
+    """(method, config, data, train_idx, val_idx) of the finished run ``args.run`` (parsed by :func:`run_parser`
+    with ``data``): its model on ``args.device``, its dataset (or the one ``--data`` names: the run's data where it
+    is now), its test split checked against the run's as ``test`` does, and the split of its training images into
+    those it trained on and those it held out; an SsmadError otherwise."""
+    from .cli import data_flags, open_run_dataset
+    from .data import split_validation
 
-    method, ckpt = open_finished_run(app, run, device, what)
-    config = ckpt["config"]
-    data = open_data(config)
+    method, ckpt = open_finished_run(app, args.run, args.device, what)
+    config, data = open_run_dataset(Path(args.run), ckpt["config"], data_flags(args),
+                                    "the same command with --data KIND:PATH")
     train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
                                           int(config["train"]["seed"]))
     return method, config, data, train_idx, val_idx

@@ -97,6 +97,31 @@ def test_a_moved_dataset_is_named_with_test_data(base, tmp_path, run_app):
         (base / "data-away").rename(base / "data")
 
 
+@pytest.mark.filterwarnings("ignore:.*all ground-truth masks are empty")    # this folder dataset has no masks
+def test_the_diagnostic_scripts_follow_moved_data_with_data(base, tmp_path, capsys, load_script):
+    """The scripts that read a run's data (padim_baseline, almrr_blend, vmpfd_branches) take --data as test does:
+    before, a run whose data moved could not be examined at all."""
+    script = load_script("padim_baseline")
+    run = str(base / "run")
+    assert script.main([run, "--channels", "8"]) == 0
+    before = capsys.readouterr().out
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(base / "data", moved)
+    (base / "data").rename(base / "data-away")
+    try:
+        assert script.main([run, "--channels", "8"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "the same command with --data KIND:PATH" in err, err
+        assert script.main([run, "--channels", "8", "--category", "x"]) == 2
+        assert "give --data KIND:PATH too" in capsys.readouterr().err
+        assert script.main([run, "--channels", "8", "--data", f"folder:{moved}"]) == 0
+        after = capsys.readouterr()
+        assert "note:" not in after.err, after.err                      # the split followed the data and matched
+        assert after.out == before                                      # the same images, the same figures
+    finally:
+        (base / "data-away").rename(base / "data")
+
+
 def test_test_data_options_need_data(base, run_app, tmp_path):
     code, _, err = run_app(APP, "test", "--run", str(base / "run"), "--out", str(tmp_path / "r"), "--category", "x")
     assert code == 2 and "give --data KIND:PATH too" in err, err

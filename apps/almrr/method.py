@@ -96,7 +96,8 @@ class ALMRR(Method):
                                                 "a number >= 0")) for k in ("rec", "focal", "dice")}
         self.gamma = float(optional_value(config, "method", "focal_gamma", 2.0, NUMBER, lambda v: v >= 0,
                                           "a number >= 0"))
-        backbone = build_role(config, "backbone")
+        # for scoring, the backbone's weights come from the checkpoint: no weights file or download is needed
+        backbone = build_role(config, "backbone", unweighted=not for_training)
         if backbone is None:
             raise ConfigError("pipeline.backbone: ALMRR needs a backbone")
         channels = int(sum(backbone.channels))
@@ -158,10 +159,10 @@ class ALMRR(Method):
             self._synth = build_role(self.config, "synth")
         return self._synth
 
-    def frozen_prefixes(self) -> tuple[str, ...]:
-        # pretrained weights come back from their source; random ones (weights = "none") only from the checkpoint
+    def pretrained_modules(self) -> tuple[str, ...]:
+        # random weights (weights = "none", the smoke preset) were always saved
         entry = component(self.config, "backbone") or {}
-        return () if entry.get("weights", "imagenet") in ("none", None) else ("backbone.",)
+        return () if entry.get("weights", "imagenet") in ("none", None) else ("backbone",)
 
     def parameters(self):
         return [p for name, mod in self.modules.items() if name != "backbone" for p in mod.parameters()

@@ -192,13 +192,17 @@ def component_params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if v == "none" else v) for k, v in entry.items() if k not in PIPELINE_META + ("kind", "name")}
 
 
-def build_role(config: dict[str, Any], role: str, **extra):
-    """Build the component of ``role`` (``extra`` fills parameters the entry does not set)."""
+def build_role(config: dict[str, Any], role: str, unweighted: bool = False, **extra):
+    """Build the component of ``role`` (``extra`` fills parameters the entry does not set). ``unweighted``: with
+    ``weights = "none"`` instead of the entry's (no weights file read, nothing downloaded), for a module whose
+    weights will come from a checkpoint."""
     from ssmad.core import build
 
     entry = component(config, role)
     if entry is None:
         return None
+    if unweighted:
+        entry = dict(entry, weights="none")
     params = {**extra, **component_params(entry)}
     try:
         return build(entry["kind"], entry["name"], **params)

@@ -13,6 +13,8 @@ from torch import nn
 
 from ssmad.core import AnomalyOutput, Sample
 
+from .config import build_role
+
 
 @dataclass
 class Validation:
@@ -136,18 +138,24 @@ class Method(ABC):
         """Restore what :meth:`extra_state` returned. Default: nothing."""
 
     def state_dict(self) -> dict[str, Any]:
-        trainable = {k: v for k, v in self.modules.state_dict().items() if not k.startswith(self.frozen_prefixes())}
-        return {"modules": trainable, "extra": self.extra_state()}
+        """Every module's tensors, a frozen pretrained backbone's included: a run scores images with nothing but its
+        checkpoint (no weights file to keep beside it, nothing to download on an offline machine)."""
+        return {"modules": self.modules.state_dict(), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing, unexpected = self.modules.load_state_dict(state["modules"], strict=False)
-        missing = [k for k in missing if not k.startswith(self.frozen_prefixes())]
+        pretrained = self.pretrained_modules()
+        absent = sorted({k.split(".", 1)[0] for k in missing} & set(pretrained))
+        missing = [k for k in missing if k.split(".", 1)[0] not in absent]
         if missing or unexpected:
             from ssmad.core import CheckpointError
             raise CheckpointError(f"checkpoint does not fit the pipeline: missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}")
+        for name in absent:   # a checkpoint from before apps 0.10.0: these weights come from their source again
+            self.modules[name] = build_role(self.config, name).to(self.device)
         self.load_extra_state(state.get("extra", {}))
 
-    def frozen_prefixes(self) -> tuple[str, ...]:
-        """Module names whose weights come from elsewhere (frozen pretrained backbones) and are not saved."""
+    def pretrained_modules(self) -> tuple[str, ...]:
+        """Modules (named as their pipeline role) with pretrained weights that checkpoints written before apps 0.10.0
+        left out: loading such a checkpoint builds them from their source (weights file, download) again."""
         return ()

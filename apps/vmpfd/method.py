@@ -104,10 +104,8 @@ class VMPFD(Method):
             "lr": float(optional_value(config, "method", "distill_lr", 5e-4, NUMBER, lambda v: v > 0,
                                        "a number > 0")),
         }
-        entry = component(config, "pdn")
-        if entry is not None and not for_training:  # the PDN's weights come from the checkpoint, not its file
-            entry = dict(entry, weights="none")
-        pdn = None if entry is None else build_role({"pipeline": [entry]}, "pdn")
+        # the PDN's weights come from the checkpoint when scoring, not from its file
+        pdn = build_role(config, "pdn", unweighted=not for_training)
         if pdn is None:
             raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
         self.modules["pdn"] = pdn

@@ -719,7 +719,11 @@ def test_select_best_scores_without_changing_the_training(tmp_path, run_app):
     selected = ckpt["selected_epoch"]
     score = method.validation_score(list(held_out_images(method))).score
     assert score == pytest.approx(next(h["select"] for h in best if h["epoch"] == selected))
-    assert score == max(h["select"] for h in best)
+    # the best-scoring epoch, or the last one when the best is not better beyond the score's noise (which epoch
+    # wins depends on the arithmetic, e.g. the thread count)
+    top = max(best, key=lambda h: h["select"])["epoch"]
+    assert selected == top or (selected == best[-1]["epoch"] and
+                               f"the last epoch's model (epoch {selected}) is kept" in log)
 
 
 @pytest.mark.parametrize("setting, needle", [

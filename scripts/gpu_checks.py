@@ -4,8 +4,10 @@
 
 Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown:
 
-- environment: torch, the device, whether ``mamba_ssm`` and ``causal_conv1d`` import, the CPU kernel's status;
-- scan: every backend usable on the device (``torch``; ``mamba_ssm`` when it imports; ``cpu`` on a CPU) against
+- environment: torch, the device, whether ``mamba_ssm`` and ``causal_conv1d`` import, the CPU kernel's status; on
+  CUDA the Triton kernels' status (their check at first use) and the backend ``auto`` picks;
+- scan: every backend usable on the device (``torch``; ``mamba_ssm`` when it imports; ``triton`` on CUDA when
+  Triton is installed; ``cpu`` on a CPU) against
   ``reference`` run on the same device — outputs and all eight gradients at mamba_ssm's tolerances (rtol 6e-4,
   atol 2e-3) over a few shapes (L = 1, odd L, N ∈ {1, 4, 16}) — and the time of the forward (no grad) and of
   forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16), each backend's minimum over ``--repeats``;
@@ -73,17 +75,25 @@ def environment(device: torch.device) -> dict[str, Any]:
            "mamba_ssm": mamba_ssm_available(), "causal_conv1d": causal_conv1d_available(),
            "cpu_kernel": cpu_kernel_status(), "threads": torch.get_num_threads()}
     if device.type == "cuda":
+        from ssmad.ssm import AutoScan
+        from ssmad.ssm.triton_scan import triton_status
+
+        env["triton"] = triton_status(device)      # the check auto runs at first use: compiles and compares
+        env["auto_scan"] = AutoScan().backend_for(torch.empty(0, device=device))
         env["gpu"] = torch.cuda.get_device_name(device)
         env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
     return env
 
 
 def scan_backends(device: torch.device) -> list[str]:
+    from ssmad.core import components
     from ssmad.ssm import cpu_kernel_available, mamba_ssm_available
 
     names = ["torch"]
     if device.type == "cuda" and mamba_ssm_available():
         names.append("mamba_ssm")
+    if device.type == "cuda" and "triton" in {c.name for c in components("scan")}:
+        names.append("triton")                     # run whatever its check said: a failure shows in the table
     if device.type == "cpu" and cpu_kernel_available():
         names.append("cpu")
     return names
@@ -99,15 +109,20 @@ def scan_agreement(device: torch.device, names: list[str]) -> dict[str, Any]:
     for name in names:
         fn = build("scan", name)
         worst = 0.0
-        for case in SCAN_CASES:
-            inputs = {k: v.detach().to(device).requires_grad_() for k, v in make_inputs(*case, grad=False).items()}
-            results = []
-            for f in (ref, fn):
-                y = f(**inputs, delta_softplus=True)
-                g = torch.autograd.grad(y, list(inputs.values()), torch.ones_like(y))
-                results.append([y, *g])
-            for a, b in zip(results[1], results[0]):
-                worst = max(worst, ((a - b).abs() / (ATOL + RTOL * b.abs())).max().item())
+        try:
+            for case in SCAN_CASES:
+                inputs = {k: v.detach().to(device).requires_grad_()
+                          for k, v in make_inputs(*case, grad=False).items()}
+                results = []
+                for f in (ref, fn):
+                    y = f(**inputs, delta_softplus=True)
+                    g = torch.autograd.grad(y, list(inputs.values()), torch.ones_like(y))
+                    results.append([y, *g])
+                for a, b in zip(results[1], results[0]):
+                    worst = max(worst, ((a - b).abs() / (ATOL + RTOL * b.abs())).max().item())
+        except Exception as exc:  # e.g. a kernel that does not compile on this GPU: reported, the rest still runs
+            out[name] = {"worst_ratio": float("nan"), "pass": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            continue
         out[name] = {"worst_ratio": worst, "pass": worst <= 1.0}
     return out
 
@@ -198,7 +213,8 @@ def markdown(res: dict[str, Any]) -> str:
              "## Selective scan against `reference` on the device", "",
              "| backend | worst error / tolerance | agrees |", "|---|---:|---|"]
     for name, r in res["scan_agreement"].items():
-        lines.append(f"| {name} | {r['worst_ratio']:.3f} | {'yes' if r['pass'] else 'NO'} |")
+        lines.append(f"| {name} | {r['worst_ratio']:.3f} | {'yes' if r['pass'] else 'NO'} |"
+                     + (f" {r['error']}" if "error" in r else ""))
     lines += ["", f"Time at B, D, L, N = {tuple(res['scan_shape'])}:", "",
               "| backend | forward ms | speed-up | forward+backward ms | speed-up |", "|---|---:|---:|---:|---:|"]
     for name, r in res["scan_speed"].items():
@@ -236,9 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     names = scan_backends(device)
     shape = (2, 64, 64, 16) if args.quick else ALMRR_SHAPE
+    agreement = scan_agreement(device, names)
     res: dict[str, Any] = {"quick": args.quick, "scan_shape": shape, "environment": environment(device),
-                           "scan_agreement": scan_agreement(device, names),
-                           "scan_speed": scan_speed(device, names, args.repeats, shape),
+                           "scan_agreement": agreement,
+                           "scan_speed": scan_speed(device, [n for n in names if agreement[n]["pass"]], args.repeats,
+                                                    shape),
                            "apps": {app: app_throughput(app, device, args.repeats, args.quick)
                                     for app in ("almrr", "vmpfd")}}
     (out / "gpu_checks.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
-import pytest
+# Triton's interpreter, which runs the `triton` scan backend's kernels on CPU tensors (tests/ssm/test_triton_scan.py),
+# has to be chosen before triton is first imported, and importing torchvision imports it. Nothing else in the suite
+# runs Triton kernels. TRITON_INTERPRET=0 on a CUDA machine tests the compiled kernels instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

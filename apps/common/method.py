@@ -117,7 +117,7 @@ class Method(ABC):
 
     def describe(self) -> str:
         """Parameter counts, and the selective-scan backend that the model's Mamba mixers run here (``auto``
-        resolved: a user sees at once when the CPU falls back to the slower pure-PyTorch scan, and why)."""
+        resolved: a user sees at once when a CPU or GPU falls back to the slower pure-PyTorch scan, and why)."""
         from ssmad.ssm import BiMambaMixer, cpu_kernel_status
 
         n = sum(p.numel() for p in self.modules.parameters())
@@ -128,6 +128,10 @@ class Method(ABC):
             text += f"; selective scan {', '.join(scans)}"
             if self.device.type == "cpu" and "torch" in scans:
                 text += f" (compiled CPU kernel {cpu_kernel_status()})"
+            elif self.device.type == "cuda" and "torch" in scans:
+                from ssmad.ssm.triton_scan import triton_status
+
+                text += f" (Triton kernels {triton_status(self.device)})"
         return text
 
     # -- state --------------------------------------------------------------------------------------------

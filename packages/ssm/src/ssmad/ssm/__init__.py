@@ -1,7 +1,7 @@
 """ssmad ssm: selective-scan backends, the bidirectional Mamba (Vision Mamba v2) mixer and the ViM encoder.
 
     from ssmad.core import build
-    scan = build("scan", "auto")          # mamba_ssm on CUDA when installed, a compiled kernel on CPU, else PyTorch
+    scan = build("scan", "auto")          # CUDA: mamba_ssm or Triton kernels; CPU: a compiled kernel; else PyTorch
     y = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
     mixer = build("mixer", "vim", d_model=192)      # tokens B×L×192 → B×L×192
 
@@ -9,7 +9,8 @@
     enc = ViMEncoder(in_chans=1024, img_size=64, patch_size=4, d_model=192, depth=8)   # → B×192×16×16
 
 Registered components: ``scan``/``reference``, ``scan``/``torch``, ``scan``/``cpu`` (built on first use),
-``scan``/``auto``, ``scan``/``mamba_ssm`` (only when mamba_ssm imports) and ``mixer``/``vim``.
+``scan``/``triton`` (when Triton is installed; CUDA tensors), ``scan``/``auto``, ``scan``/``mamba_ssm`` (only when
+mamba_ssm imports) and ``mixer``/``vim``.
 """
 
 from .cpu_kernel import cpu_kernel_available, cpu_kernel_status, selective_scan_cpu
@@ -17,7 +18,7 @@ from .encoder import DropPath, RMSNorm, ViMBlock, ViMEncoder, map_to_tokens, tok
 from .mixer import BiMambaMixer, causal_conv1d, causal_conv1d_available, resolve_scan
 from .scan import AutoScan, mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 __all__ = [
     "AutoScan", "BiMambaMixer", "DropPath", "RMSNorm", "ViMBlock", "ViMEncoder", "causal_conv1d",

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .scan import _check, _compute_dtype, _grad_like, _prepare_delta, _silu_gate_backward, _softplus_grad_
+from .scan import KernelScan, _check, _compute_dtype
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
 
@@ -239,64 +239,34 @@ def _run(fn, openmp: bool, parts: int, *args) -> None:
                           f"up to {8 * (2 * length + 1) * n} bytes per thread)")
 
 
-class _CpuScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        ct = _compute_dtype(u)
-        fwd, _, openmp = _load()[ct]  # type: ignore[index]
-        u_c = u.to(ct).contiguous()
-        dl = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
-        dl = dl.contiguous()
-        a_c = A.to(ct).contiguous()
-        b_t = B.to(ct).transpose(1, 2).contiguous()                    # B×L×N
-        c_t = C.to(ct).transpose(1, 2).contiguous()
-        nb, nd, length = u.shape
-        n = A.shape[1]
-        y = u_c.new_empty(nb, nd, length)
-        last = u_c.new_empty(nb, nd, n) if return_last_state else None
-        _run(fwd, openmp, _parts(nd), _ptr(u_c), _ptr(dl), _ptr(a_c), _ptr(b_t), _ptr(c_t), _ptr(y), _ptr(last),
-             nb, nd, length, n)
-        if D is not None:
-            y.addcmul_(u_c, D.to(ct)[:, None])                         # y_t = C_t·h_t + D u_t
-        out = y * torch.nn.functional.silu(z.to(ct)) if z is not None else y
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t,
-                              y if z is not None else None)
-        ctx.delta_softplus = delta_softplus
-        out = out.to(u.dtype)
-        return (out, last) if return_last_state else out
+class _CpuCore:
+    """The compiled kernel as a :class:`~ssmad.ssm.scan.KernelScan` core: float32 or float64 arithmetic, channel
+    ranges on ``torch.get_num_threads()`` threads."""
 
     @staticmethod
-    def backward(ctx, gout, glast=None):
-        u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t, pre_gate = ctx.saved_tensors
-        ct = _compute_dtype(u)
-        _, bwd, openmp = _load()[ct]  # type: ignore[index]
-        gy = gout.to(ct).contiguous()
-        gz = None
-        if z is not None:
-            gy, gz = _silu_gate_backward(gy, pre_gate, z.to(ct))
-            gy = gy.contiguous()
-        gD = (gy * u_c).sum((0, 2)) if D is not None else None
-        glast = None if glast is None else glast.to(ct).contiguous()
+    def dtype(u: Tensor) -> torch.dtype:
+        return _compute_dtype(u)
+
+    @staticmethod
+    def forward(u, dl, a, b_t, c_t, y, last) -> None:
+        fwd, _, openmp = _load()[u.dtype]  # type: ignore[index]
         nb, nd, length = u.shape
-        n = A.shape[1]
+        _run(fwd, openmp, _parts(nd), _ptr(u), _ptr(dl), _ptr(a), _ptr(b_t), _ptr(c_t), _ptr(y), _ptr(last),
+             nb, nd, length, a.shape[1])
+
+    @staticmethod
+    def backward(u, dl, a, b_t, c_t, gy, glast):
+        _, bwd, openmp = _load()[u.dtype]  # type: ignore[index]
+        nb, nd, length = u.shape
+        n = a.shape[1]
         parts = _parts(nd)
-        g_du, g_dl = torch.empty_like(u_c), torch.empty_like(u_c)
-        g_a = u_c.new_zeros(nd, n)
-        g_b = u_c.new_zeros(parts, nb, length, n)                      # one accumulator per channel range
-        g_c = u_c.new_zeros(parts, nb, length, n)
-        _run(bwd, openmp, parts, _ptr(u_c), _ptr(dl), _ptr(a_c), _ptr(b_t), _ptr(c_t), _ptr(gy), _ptr(glast),
+        g_du, g_dl = torch.empty_like(u), torch.empty_like(u)
+        g_a = u.new_zeros(nd, n)
+        g_b = u.new_zeros(parts, nb, length, n)                        # one accumulator per channel range
+        g_c = u.new_zeros(parts, nb, length, n)
+        _run(bwd, openmp, parts, _ptr(u), _ptr(dl), _ptr(a), _ptr(b_t), _ptr(c_t), _ptr(gy), _ptr(glast),
              _ptr(g_du), _ptr(g_dl), _ptr(g_a), _ptr(g_b), _ptr(g_c), nb, nd, length, n)
-        g_dl.addcmul_(g_du, u_c)                                       # Δ enters through the decay and Δ·u
-        gu = g_du.mul_(dl)
-        if D is not None:
-            gu.addcmul_(gy, D.to(ct)[:, None])
-        if ctx.delta_softplus:
-            _softplus_grad_(g_dl, dl)
-        g_bias = g_dl.sum((0, 2)) if delta_bias is not None else None
-
-        back = _grad_like
-        return (back(gu, u), back(g_dl, delta), back(g_a, A), back(g_b.sum(0).transpose(1, 2), B),
-                back(g_c.sum(0).transpose(1, 2), C), back(gD, D), back(gz, z), back(g_bias, delta_bias), None, None)
+        return g_du, g_dl, g_a, g_b.sum(0), g_c.sum(0)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -309,4 +279,5 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if _load() is None:
         raise RuntimeError(f"selective scan 'cpu': the compiled kernel is {cpu_kernel_status()} "
                            "(use 'torch' or 'auto', which fall back to pure PyTorch)")
-    return _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state))
+    return KernelScan.apply(_CpuCore, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                            bool(return_last_state))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from ssmad.core import ConfigError, configclass, field, hookimpl, non_empty, positive
@@ -45,13 +46,20 @@ def cpu_scan() -> Any:
     return selective_scan_cpu
 
 
+def triton_scan() -> Any:
+    """Selective scan by two Triton kernels compiled on first use (CUDA tensors; needs Triton)."""
+    from .triton_scan import selective_scan_triton
+
+    return selective_scan_triton
+
+
 def mamba_ssm_scan() -> Any:
     """Selective scan by mamba_ssm's CUDA kernel (CUDA tensors only)."""
     return selective_scan_mamba
 
 
 def auto_scan() -> Any:
-    """Selective scan picked per call: mamba_ssm on CUDA, the cpu kernel on CPU, where available; else torch."""
+    """Selective scan picked per call: mamba_ssm, else triton on CUDA; the cpu kernel on CPU; else torch."""
     return AutoScan()
 
 
@@ -72,6 +80,8 @@ def ssmad_register(register) -> None:
     register("scan", "reference", reference_scan)
     register("scan", "torch", torch_scan)
     register("scan", "cpu", cpu_scan)
+    if importlib.util.find_spec("triton") is not None:     # found without importing it (listing stays fast)
+        register("scan", "triton", triton_scan)
     if mamba_ssm_available():
         register("scan", "mamba_ssm", mamba_ssm_scan)
     register("scan", "auto", auto_scan)

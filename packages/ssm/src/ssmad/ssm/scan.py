@@ -19,9 +19,12 @@ Backends (all take the same arguments and return ``out`` in ``u``'s dtype, plus 
   recurrence itself does not (long sequences and very negative Δ·A are safe).
 - :func:`~ssmad.ssm.cpu_kernel.selective_scan_cpu` (module ``cpu_kernel``) — a small C++ kernel for CPU tensors,
   compiled on first use; about three times as fast as ``torch`` on the CPU.
+- :func:`~ssmad.ssm.triton_scan.selective_scan_triton` (module ``triton_scan``) — two Triton kernels for CUDA
+  tensors, compiled on first use (Triton comes with PyTorch's CUDA wheels): one launch per scan.
 - :func:`selective_scan_mamba` — ``mamba_ssm``'s CUDA kernel, only when ``mamba_ssm`` imports.
-- :class:`AutoScan` — per call: ``mamba_ssm`` for CUDA tensors when it is available, ``cpu`` for CPU tensors when
-  the kernel builds, else ``torch``.
+- :class:`AutoScan` — per call: for CUDA tensors ``mamba_ssm`` when it is available, else ``triton`` when its
+  kernels passed their check on the device, else ``torch``; for CPU tensors ``cpu`` when the kernel builds, else
+  ``torch``.
 
 Arithmetic is in float32 (float64 inputs stay float64, which the tests use for gradient checks).
 """
@@ -339,6 +342,68 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
                               keep)
 
 
+# ---- the autograd function of the kernel backends (cpu, triton) ---------------------------------------------
+#
+# A kernel backend supplies only the scan itself, as a "core" with three static methods, on contiguous tensors of
+# the core's dtype: u, Δ (after bias and softplus), y, ∂L/∂y B×D×L; A D×N; B, C as B×L×N (each step's N values
+# together); the last state B×D×N.
+#   dtype(u) -> the arithmetic's dtype for inputs like u
+#   forward(u, dl, A, b_t, c_t, y, last)        fills y (C_t·h_t) and, unless None, last (h_{L-1})
+#   backward(u, dl, A, b_t, c_t, gy, glast)     -> ∂L/∂(Δu), ∂L/∂Δ through the decay only (B×D×L), ∂L/∂A (D×N),
+#                                                 ∂L/∂B, ∂L/∂C (B×L×N); glast = ∂L/∂h_{L-1} or None
+# KernelScan does the rest: Δ's bias and softplus, D·u, the silu gate and every chain rule around the core.
+
+class KernelScan(torch.autograd.Function):
+    """``KernelScan.apply(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)``: the
+    selective scan around a kernel backend's core (see the comment above)."""
+
+    @staticmethod
+    def forward(ctx, core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        ct = core.dtype(u)
+        u_c = u.to(ct).contiguous()
+        dl = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+        dl = dl.contiguous()
+        a_c = A.to(ct).contiguous()
+        b_t = B.to(ct).transpose(1, 2).contiguous()                    # B×L×N
+        c_t = C.to(ct).transpose(1, 2).contiguous()
+        nb, nd, _ = u.shape
+        y = torch.empty_like(u_c)
+        last = u_c.new_empty(nb, nd, A.shape[1]) if return_last_state else None
+        core.forward(u_c, dl, a_c, b_t, c_t, y, last)
+        if D is not None:
+            y.addcmul_(u_c, D.to(ct)[:, None])                         # y_t = C_t·h_t + D u_t
+        out = y * F.silu(z.to(ct)) if z is not None else y
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t,
+                              y if z is not None else None)
+        ctx.core, ctx.delta_softplus = core, delta_softplus
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
+
+    @staticmethod
+    def backward(ctx, gout, glast=None):
+        u, delta, A, B, C, D, z, delta_bias, u_c, dl, a_c, b_t, c_t, pre_gate = ctx.saved_tensors
+        ct = u_c.dtype
+        gy = gout.to(ct).contiguous()
+        gz = None
+        if z is not None:
+            gy, gz = _silu_gate_backward(gy, pre_gate, z.to(ct))
+            gy = gy.contiguous()
+        gD = (gy * u_c).sum((0, 2)) if D is not None else None
+        glast = None if glast is None else glast.to(ct).contiguous()
+        g_du, g_dl, g_a, g_b, g_c = ctx.core.backward(u_c, dl, a_c, b_t, c_t, gy, glast)
+        g_dl.addcmul_(g_du, u_c)                                       # Δ enters through the decay and Δ·u
+        gu = g_du.mul_(dl)
+        if D is not None:
+            gu.addcmul_(gy, D.to(ct)[:, None])
+        if ctx.delta_softplus:
+            _softplus_grad_(g_dl, dl)
+        g_bias = g_dl.sum((0, 2)) if delta_bias is not None else None
+
+        back = _grad_like
+        return (None, back(gu, u), back(g_dl, delta), back(g_a, A), back(g_b.transpose(1, 2), B),
+                back(g_c.transpose(1, 2), C), back(gD, D), back(gz, z), back(g_bias, delta_bias), None, None)
+
+
 # ---- mamba_ssm (CUDA) ----------------------------------------------------------------------------------------
 
 @functools.cache
@@ -376,12 +441,17 @@ def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
 
 class AutoScan:
-    """Picks a backend per call: ``mamba_ssm`` for CUDA tensors when it imports, the compiled ``cpu`` kernel for
-    CPU tensors when it builds, else ``torch``."""
+    """Picks a backend per call: for CUDA tensors ``mamba_ssm`` when it imports, else the ``triton`` kernels when
+    they passed their check on that device, else ``torch``; for CPU tensors the compiled ``cpu`` kernel when it
+    builds, else ``torch``."""
 
     def backend_for(self, u: Tensor) -> str:
         if u.is_cuda:
-            return "mamba_ssm" if mamba_ssm_available() else "torch"
+            if mamba_ssm_available():
+                return "mamba_ssm"
+            from .triton_scan import triton_usable
+
+            return "triton" if triton_usable(u.device) else "torch"
         if u.device.type == "cpu":
             from .cpu_kernel import cpu_kernel_available
 
@@ -395,6 +465,8 @@ class AutoScan:
         name = self.backend_for(u)
         if name == "cpu":
             from .cpu_kernel import selective_scan_cpu as fn
+        elif name == "triton":
+            from .triton_scan import selective_scan_triton as fn
         else:
             fn = selective_scan_mamba if name == "mamba_ssm" else selective_scan_torch
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

@@ -244,6 +244,7 @@ class App:
     def load_method(self, run_dir: Path, device):
         ckpt = load_checkpoint(run_dir, self.name)
         method = self.method_cls(ckpt["config"], device, for_training=False)
+        method.scan_backends()        # a scan backend named for another device: one error before anything is scored
         method.load_state_dict(ckpt["state"])
         method.train(False)
         return method, ckpt

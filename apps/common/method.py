@@ -118,12 +118,12 @@ class Method(ABC):
     def describe(self) -> str:
         """Parameter counts, and the selective-scan backend that the model's Mamba mixers run here (``auto``
         resolved: a user sees at once when a CPU or GPU falls back to the slower pure-PyTorch scan, and why)."""
-        from ssmad.ssm import BiMambaMixer, cpu_kernel_status
+        from ssmad.ssm import cpu_kernel_status
 
         n = sum(p.numel() for p in self.modules.parameters())
         t = sum(p.numel() for p in self.parameters())
         text = f"{n / 1e6:.2f} M parameters ({t / 1e6:.2f} M trainable)"
-        scans = sorted({m.scan_backend(self.device) for m in self.modules.modules() if isinstance(m, BiMambaMixer)})
+        scans = self.scan_backends()
         if scans:
             text += f"; selective scan {', '.join(scans)}"
             if self.device.type == "cpu" and "torch" in scans:
@@ -133,6 +133,23 @@ class Method(ABC):
 
                 text += f" (Triton kernels {triton_status(self.device)})"
         return text
+
+    def scan_backends(self) -> list[str]:
+        """The selective-scan backends the model's Mamba mixers run on its device (``auto`` resolved); a ConfigError
+        naming the pipeline role when a mixer's ``scan`` names a backend that cannot run there (``cpu`` on a GPU,
+        ``triton`` on a CPU), before any image is scored."""
+        from ssmad.core import ConfigError
+        from ssmad.ssm import BiMambaMixer
+
+        scans = set()
+        for role, module in self.modules.items():
+            for m in module.modules():
+                if isinstance(m, BiMambaMixer):
+                    try:
+                        scans.add(m.scan_backend(self.device))
+                    except ConfigError as exc:
+                        raise ConfigError(f"pipeline.{role}: {exc}") from None
+        return sorted(scans)
 
     # -- state --------------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

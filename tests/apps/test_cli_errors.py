@@ -130,6 +130,18 @@ def test_user_errors_are_one_line(argv, needle, run, tmp_path, run_app):
     assert "weights_only" not in err
 
 
+def test_a_scan_backend_for_another_device_is_one_line_before_training(tmp_path, monkeypatch, run_app):
+    """It was a traceback from inside the first training step."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    code, out, err = run_app(APP, "train", "--preset", "smoke", "--set", 'pipeline.reconstructor.scan="triton"',
+                             "--out", str(tmp_path / "r"), "--device", "cpu", "--no-test")
+    assert code == 2 and "Traceback" not in err, err
+    assert lines(err)[-1] == ("error: pipeline.reconstructor: parameter 'scan' = 'triton': the backend runs on CUDA "
+                              "tensors only, and the model runs on cpu; use 'auto', which picks the best backend for "
+                              "each device")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
 def unfinished_copy(run_dir: Path, dest: Path) -> Path:
     dest.mkdir()
     for name in ("checkpoint.pt", "config.toml"):

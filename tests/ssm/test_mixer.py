@@ -131,6 +131,22 @@ def test_registry_build_and_config_errors():
         BiMambaMixer(16, d_state=0)
 
 
+def test_a_scan_named_for_another_device_is_a_config_error(monkeypatch):
+    """``scan_backend`` (asked before training or scoring) refuses a backend that cannot run on the model's device;
+    ``auto`` and device-neutral backends pass."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for scan, device, needle in (("cpu", "cuda", "runs on CPU tensors only"),
+                                 ("triton", "cpu", "runs on CUDA tensors only"),
+                                 ("mamba_ssm", "cpu", "runs on CUDA tensors only")):
+        mixer = BiMambaMixer(16, d_state=4, scan="torch")
+        mixer.scan_name = scan                     # mamba_ssm is not registered without CUDA: set the name only
+        with pytest.raises(ConfigError, match=f"'scan' = '{scan}': the backend {needle}, and the model runs on "
+                                              f"{device}; use 'auto'"):
+            mixer.scan_backend(device)
+    assert BiMambaMixer(16, d_state=4, scan="torch").scan_backend("cuda") == "torch"
+    assert BiMambaMixer(16, d_state=4).scan_backend("cpu") in ("cpu", "torch")
+
+
 def test_bad_token_shape():
     m = small_mixer()
     with pytest.raises(ValueError, match="B×L×8"):

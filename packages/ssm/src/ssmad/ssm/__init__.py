@@ -16,13 +16,20 @@ mamba_ssm imports) and ``mixer``/``vim``.
 from .cpu_kernel import cpu_kernel_available, cpu_kernel_status, selective_scan_cpu
 from .encoder import DropPath, RMSNorm, ViMBlock, ViMEncoder, map_to_tokens, tokens_to_map
 from .mixer import BiMambaMixer, causal_conv1d, causal_conv1d_available, resolve_scan
-from .scan import AutoScan, mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
+from .scan import (
+    AutoScan,
+    mamba_ssm_available,
+    scan_device_problem,
+    selective_scan_mamba,
+    selective_scan_reference,
+    selective_scan_torch,
+)
 
 __version__ = "0.4.0"
 
 __all__ = [
     "AutoScan", "BiMambaMixer", "DropPath", "RMSNorm", "ViMBlock", "ViMEncoder", "causal_conv1d",
     "causal_conv1d_available", "cpu_kernel_available", "cpu_kernel_status", "map_to_tokens", "mamba_ssm_available",
-    "resolve_scan", "selective_scan_cpu", "selective_scan_mamba", "selective_scan_reference", "selective_scan_torch",
-    "tokens_to_map",
+    "resolve_scan", "scan_device_problem", "selective_scan_cpu", "selective_scan_mamba", "selective_scan_reference",
+    "selective_scan_torch", "tokens_to_map",
 ]

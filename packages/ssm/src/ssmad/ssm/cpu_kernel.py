@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ssmad.core import ConfigError
+
 from .scan import KernelScan, _check, _compute_dtype
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
@@ -275,7 +277,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     """The selective scan by the compiled CPU kernel (CPU tensors; builds the kernel on first use)."""
     _check(u, delta, A, B, C, D, z, delta_bias)
     if u.device.type != "cpu":
-        raise ValueError(f"selective scan 'cpu': needs CPU tensors, got {u.device} (use 'auto')")
+        raise ConfigError(f"selective scan 'cpu': needs CPU tensors, got {u.device} (use 'auto')")
     if _load() is None:
         raise RuntimeError(f"selective scan 'cpu': the compiled kernel is {cpu_kernel_status()} "
                            "(use 'torch' or 'auto', which fall back to pure PyTorch)")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ssmad.core import ConfigError, UnknownComponentError
 
-from .scan import AutoScan
+from .scan import AutoScan, scan_device_problem
 
 __all__ = ["BiMambaMixer", "causal_conv1d", "causal_conv1d_available", "resolve_scan"]
 
@@ -178,9 +178,13 @@ class BiMambaMixer(nn.Module):
         return self.out_proj(y.transpose(1, 2))
 
     def scan_backend(self, device: torch.device | str) -> str:
-        """The scan backend that runs on ``device``: ``auto`` resolved to what it picks there."""
+        """The scan backend that runs on ``device``: ``auto`` resolved to what it picks there. A ConfigError when the
+        backend named in ``scan`` cannot run there (e.g. ``cpu`` on a GPU, ``triton`` on a CPU)."""
         if isinstance(self.scan, AutoScan):
             return self.scan.backend_for(torch.empty(0, device=device))
+        if (problem := scan_device_problem(self.scan_name, device)) is not None:
+            raise ConfigError(f"parameter 'scan' = {self.scan_name!r}: the backend {problem}, and the model runs on "
+                              f"{torch.device(device)}; use 'auto', which picks the best backend for each device")
         return self.scan_name
 
     def extra_repr(self) -> str:

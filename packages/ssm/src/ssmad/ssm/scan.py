@@ -39,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssmad.core import ConfigError
+
 __all__ = [
-    "AutoScan", "ScanFn", "mamba_ssm_available", "selective_scan_mamba", "selective_scan_reference",
-    "selective_scan_torch",
+    "AutoScan", "ScanFn", "mamba_ssm_available", "scan_device_problem", "selective_scan_mamba",
+    "selective_scan_reference", "selective_scan_torch",
 ]
 
 ScanFn = Callable[..., Any]
@@ -430,7 +432,7 @@ def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
                            "(install the [cuda] extra: pip install 'ssmad-ssm[cuda]')")
     _check(u, delta, A, B, C, D, z, delta_bias)
     if not u.is_cuda:
-        raise ValueError("selective scan 'mamba_ssm': needs CUDA tensors (use 'torch' or 'auto' on CPU)")
+        raise ConfigError(f"selective scan 'mamba_ssm': needs CUDA tensors, got {u.device} (use 'auto')")
     # the kernel wants fp32 parameters and contiguous last dimensions
     A = A.float()
     D = None if D is None else D.float()
@@ -438,6 +440,24 @@ def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
     z = None if z is None else z.contiguous()
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def scan_device_problem(name: str, device: torch.device | str) -> str | None:
+    """Why the backend registered as ``name`` cannot run on ``device``, or None (also for ``auto`` and backends it
+    does not know, e.g. a plugin's)."""
+    device = torch.device(device)
+    if name == "cpu":
+        if device.type != "cpu":
+            return "runs on CPU tensors only"
+        from .cpu_kernel import cpu_kernel_available, cpu_kernel_status
+
+        return None if cpu_kernel_available() else f"its compiled kernel is {cpu_kernel_status()}"
+    if name in ("mamba_ssm", "triton") and device.type != "cuda":
+        from .triton_scan import triton_interpreting
+
+        if not (name == "triton" and device.type == "cpu" and triton_interpreting()):
+            return "runs on CUDA tensors only"
+    return None
 
 
 class AutoScan:

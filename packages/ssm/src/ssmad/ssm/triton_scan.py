@@ -32,6 +32,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from ssmad.core import ConfigError
+
 from .scan import KernelScan, _check
 
 __all__ = ["selective_scan_triton", "triton_available", "triton_interpreting", "triton_status", "triton_usable"]
@@ -264,7 +266,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         raise RuntimeError(f"selective scan 'triton': {kernels} (install PyTorch's CUDA build, which brings Triton, "
                            f"or use 'torch' / 'auto')")
     if not (u.is_cuda or (u.device.type == "cpu" and triton_interpreting())):
-        raise ValueError(f"selective scan 'triton': needs CUDA tensors, got {u.device} (on a CPU use 'cpu', 'torch' "
-                         f"or 'auto'; TRITON_INTERPRET=1 runs it in Triton's slow interpreter)")
+        raise ConfigError(f"selective scan 'triton': needs CUDA tensors, got {u.device} (on a CPU use 'cpu', 'torch' "
+                          f"or 'auto'; TRITON_INTERPRET=1 runs it in Triton's slow interpreter)")
     return KernelScan.apply(_TritonCore, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                             bool(return_last_state))

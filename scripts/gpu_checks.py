@@ -7,10 +7,11 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
 - environment: torch, the device, whether ``mamba_ssm`` and ``causal_conv1d`` import, the CPU kernel's status; on
   CUDA the Triton kernels' status (their check at first use) and the backend ``auto`` picks;
 - scan: every backend usable on the device (``torch``; ``mamba_ssm`` when it imports; ``triton`` on CUDA when
-  Triton is installed; ``cpu`` on a CPU) against
-  ``reference`` run on the same device — outputs and all eight gradients at mamba_ssm's tolerances (rtol 6e-4,
-  atol 2e-3) over a few shapes (L = 1, odd L, N ∈ {1, 4, 16}) — and the time of the forward (no grad) and of
-  forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16), each backend's minimum over ``--repeats``;
+  Triton is installed; ``cpu`` on a CPU) against ``reference`` run on the same device — outputs and all eight
+  gradients at mamba_ssm's tolerances (rtol 6e-4, atol 2e-3) over a few shapes (L = 1, odd L, N ∈ {1, 4, 16}) — and the time of the forward (no grad) and of
+  forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16), each backend's minimum over ``--repeats``; for
+  ``triton`` also each launch setting (channels per program 4-32 × warps 1-4), checked and timed, to set its
+  defaults;
 - apps: the paper configurations (``pipeline.toml`` of each app; ALMRR's ResNet-50 with random weights, which
   cost the same time as ImageNet ones) at 256×256 — training images/s (forward, backward and an optimiser step on
   random inputs at the paper's batch: ALMRR 4, VMPFD-AD 48), inference images/s at batch 1 and 32, and the
@@ -206,6 +207,34 @@ def app_throughput(app: str, device: torch.device, repeats: int, quick: bool) ->
     return out
 
 
+def triton_settings(device: torch.device, repeats: int, shape=ALMRR_SHAPE) -> list[dict[str, Any]]:
+    """The ``triton`` backend's forward+backward time at ``shape`` for each launch setting (channels per program ×
+    warps), to choose the defaults of ``ssmad.ssm.triton_scan`` on a real GPU; each checked against ``reference``
+    at the first case of SCAN_CASES that has two channel blocks or more."""
+    from ssmad.ssm import triton_scan
+
+    saved = triton_scan.BLOCK_D, triton_scan.NUM_WARPS
+    rows = []
+    try:
+        for block_d in (4, 8, 16, 32):
+            for warps in (1, 2, 4):
+                triton_scan.BLOCK_D, triton_scan.NUM_WARPS = block_d, warps
+                row: dict[str, Any] = {"block_d": block_d, "num_warps": warps}
+                try:
+                    agree = scan_agreement(device, ["triton"])["triton"]
+                    row["pass"] = agree["pass"]
+                    if agree["pass"]:
+                        row.update(_time_scan(triton_scan.selective_scan_triton, shape, device, repeats))
+                    else:
+                        row["error"] = agree.get("error", f"worst error / tolerance {agree['worst_ratio']:.3g}")
+                except Exception as exc:
+                    row.update({"pass": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
+                rows.append(row)
+    finally:
+        triton_scan.BLOCK_D, triton_scan.NUM_WARPS = saved
+    return rows
+
+
 def markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     lines = ["# GPU checks (scripts/gpu_checks.py)", "",
@@ -220,6 +249,14 @@ def markdown(res: dict[str, Any]) -> str:
     for name, r in res["scan_speed"].items():
         lines.append(f"| {name} | {r['forward_ms']:.2f} | {r.get('forward_speedup', 1.0):.1f}× | "
                      f"{r['forward_backward_ms']:.2f} | {r.get('forward_backward_speedup', 1.0):.1f}× |")
+    if res.get("triton_settings"):
+        lines += ["", "`triton` launch settings (ssmad.ssm.triton_scan.BLOCK_D, NUM_WARPS):", "",
+                  "| channels per program | warps | agrees | forward ms | forward+backward ms |",
+                  "|---:|---:|---|---:|---:|"]
+        for r in res["triton_settings"]:
+            times = (f"{r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f}" if r["pass"]
+                     else f"{r.get('error', '')} | ")
+            lines.append(f"| {r['block_d']} | {r['num_warps']} | {'yes' if r['pass'] else 'NO'} | {times} |")
     lines += ["", "## Apps, paper configurations" + (" (--quick: smoke presets)" if res["quick"] else ""), "",
               "| app | image | params (M) | train batch | train images/s | infer images/s b1 | infer images/s "
               "large batch | latency b1 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -257,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                            "scan_agreement": agreement,
                            "scan_speed": scan_speed(device, [n for n in names if agreement[n]["pass"]], args.repeats,
                                                     shape),
+                           "triton_settings": triton_settings(device, args.repeats, shape) if "triton" in names else [],
                            "apps": {app: app_throughput(app, device, args.repeats, args.quick)
                                     for app in ("almrr", "vmpfd")}}
     (out / "gpu_checks.json").write_text(json.dumps(res, indent=2) + "\n")

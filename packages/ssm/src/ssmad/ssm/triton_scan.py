@@ -38,7 +38,9 @@ from .scan import KernelScan, _check
 
 __all__ = ["selective_scan_triton", "triton_available", "triton_interpreting", "triton_status", "triton_usable"]
 
-BLOCK_D = 16            # channels per program
+# launch settings, read at every call (scripts/gpu_checks.py tries others): channels per program, warps per program
+BLOCK_D = 16
+NUM_WARPS = 4
 ENV_SWITCH = "SSMAD_TRITON"
 _checked: dict[str, str | None] = {}     # device → None when the kernels passed the check there, else why not
 
@@ -236,7 +238,8 @@ class _TritonCore:
         n = a.shape[1]
         with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
             fwd[_grid(u)](u, dl, a, b_t, c_t, y, y if last is None else last, nd, length, n,
-                          STORE_LAST=last is not None, BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n))
+                          STORE_LAST=last is not None, BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n),
+                          num_warps=NUM_WARPS)
 
     @staticmethod
     def backward(u, dl, a, b_t, c_t, gy, glast):
@@ -251,7 +254,8 @@ class _TritonCore:
         g_c = u.new_empty(nb, grid[1], length, n)
         with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
             bwd[grid](u, dl, a, b_t, c_t, gy, gy if glast is None else glast, states, g_du, g_dl, g_a, g_b, g_c,
-                      nd, length, n, HAS_GLAST=glast is not None, BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n))
+                      nd, length, n, HAS_GLAST=glast is not None, BLOCK_D=BLOCK_D, BLOCK_N=_block_n(n),
+                      num_warps=NUM_WARPS)
         return g_du, g_dl, g_a.sum(0), g_b.sum(1), g_c.sum(1)
 
 

@@ -8,10 +8,10 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
   CUDA the Triton kernels' status (their check at first use) and the backend ``auto`` picks;
 - scan: every backend usable on the device (``torch``; ``mamba_ssm`` when it imports; ``triton`` on CUDA when
   Triton is installed; ``cpu`` on a CPU) against ``reference`` run on the same device — outputs and all eight
-  gradients at mamba_ssm's tolerances (rtol 6e-4, atol 2e-3) over a few shapes (L = 1, odd L, N ∈ {1, 4, 16}) — and the time of the forward (no grad) and of
-  forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16), each backend's minimum over ``--repeats``; for
-  ``triton`` also each launch setting (channels per program 4-32 × warps 1-4), checked and timed, to set its
-  defaults;
+  gradients at mamba_ssm's tolerances (rtol 6e-4, atol 2e-3) over a few shapes (L = 1, odd L, N ∈ {1, 4, 16})
+  — and the time of the forward (no grad) and of forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16),
+  each backend's minimum over ``--repeats``; for ``triton`` also each launch setting (channels per program 4-32 ×
+  warps 1-4), checked and timed, to set its defaults;
 - apps: the paper configurations (``pipeline.toml`` of each app; ALMRR's ResNet-50 with random weights, which
   cost the same time as ImageNet ones) at 256×256 — training images/s (forward, backward and an optimiser step on
   random inputs at the paper's batch: ALMRR 4, VMPFD-AD 48), inference images/s at batch 1 and 32, and the

@@ -209,8 +209,8 @@ def app_throughput(app: str, device: torch.device, repeats: int, quick: bool) ->
 
 def triton_settings(device: torch.device, repeats: int, shape=ALMRR_SHAPE) -> list[dict[str, Any]]:
     """The ``triton`` backend's forward+backward time at ``shape`` for each launch setting (channels per program ×
-    warps), to choose the defaults of ``ssmad.ssm.triton_scan`` on a real GPU; each checked against ``reference``
-    at the first case of SCAN_CASES that has two channel blocks or more."""
+    warps), to choose the defaults of ``ssmad.ssm.triton_scan`` on a real GPU; each setting is first checked
+    against ``reference`` on the agreement cases (SCAN_CASES) and timed only when it agrees."""
     from ssmad.ssm import triton_scan
 
     saved = triton_scan.BLOCK_D, triton_scan.NUM_WARPS

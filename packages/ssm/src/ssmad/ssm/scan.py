@@ -452,11 +452,12 @@ def scan_device_problem(name: str, device: torch.device | str) -> str | None:
         from .cpu_kernel import cpu_kernel_available, cpu_kernel_status
 
         return None if cpu_kernel_available() else f"its compiled kernel is {cpu_kernel_status()}"
-    if name in ("mamba_ssm", "triton") and device.type != "cuda":
-        from .triton_scan import triton_interpreting
+    if name == "mamba_ssm" and device.type != "cuda":
+        return "runs on CUDA tensors only"
+    if name == "triton":
+        from .triton_scan import runs_on
 
-        if not (name == "triton" and device.type == "cpu" and triton_interpreting()):
-            return "runs on CUDA tensors only"
+        return None if runs_on(device) else "runs on CUDA tensors only"
     return None
 
 

@@ -141,6 +141,11 @@ def _kernels():
     return forward, backward
 
 
+def runs_on(device: torch.device) -> bool:
+    """Whether the kernels run on tensors of ``device``: CUDA, or the CPU in Triton's interpreter."""
+    return device.type == "cuda" or (device.type == "cpu" and triton_interpreting())
+
+
 def triton_available() -> bool:
     """True when Triton imports (its kernels then run on CUDA tensors, or on CPU ones in the interpreter)."""
     return not isinstance(_kernels(), str)
@@ -153,7 +158,7 @@ def _why_not(device: torch.device) -> str | None:
     kernels = _kernels()
     if isinstance(kernels, str):
         return kernels
-    if not (device.type == "cuda" or (device.type == "cpu" and triton_interpreting())):
+    if not runs_on(device):
         return f"runs on CUDA devices only, not {device.type}"
     key = str(device)
     if key not in _checked:
@@ -269,7 +274,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     if isinstance(kernels, str):
         raise RuntimeError(f"selective scan 'triton': {kernels} (install PyTorch's CUDA build, which brings Triton, "
                            f"or use 'torch' / 'auto')")
-    if not (u.is_cuda or (u.device.type == "cpu" and triton_interpreting())):
+    if not runs_on(u.device):
         raise ConfigError(f"selective scan 'triton': needs CUDA tensors, got {u.device} (on a CPU use 'cpu', 'torch' "
                           f"or 'auto'; TRITON_INTERPRET=1 runs it in Triton's slow interpreter)")
     return KernelScan.apply(_TritonCore, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),

@@ -18,8 +18,9 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
   latency per image at batch 1 in ms (the VMPFD-AD paper claims under 15 ms).
 
 Metrics on real data come from the apps' own ``train``/``test`` (the commands are in docs/results-mt.md; add
-``--device cuda`` and drop ``--preset cpu`` for the paper configuration). ``--quick`` runs the smoke presets at a
-few steps each: the test suite uses it on a CPU to keep this script working.
+``--device cuda`` and drop ``--preset cpu`` for the paper configuration). ``scripts/gpu_session.py`` runs this
+script and ALMRR's two reconstructors on Magnetic-tile-defect in one device call, from data staged beforehand.
+``--quick`` runs the smoke presets at a few steps each: the test suite uses it on a CPU to keep this script working.
 
 On the lent GPU machine (its own Python with PyTorch, pluggy, attrs, scikit-image; no network), one call:
 

@@ -242,12 +242,12 @@ def markdown(res: dict[str, Any]) -> str:
              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
              "## Selective scan against `reference` on the device", "",
              "| backend | worst error / tolerance | agrees |", "|---|---:|---|"]
-    for name, r in res["scan_agreement"].items():
+    for name, r in res.get("scan_agreement", {}).items():
         lines.append(f"| {name} | {r['worst_ratio']:.3f} | {'yes' if r['pass'] else 'NO'} |"
                      + (f" {r['error']}" if "error" in r else ""))
     lines += ["", f"Time at B, D, L, N = {tuple(res['scan_shape'])}:", "",
               "| backend | forward ms | speed-up | forward+backward ms | speed-up |", "|---|---:|---:|---:|---:|"]
-    for name, r in res["scan_speed"].items():
+    for name, r in res.get("scan_speed", {}).items():
         lines.append(f"| {name} | {r['forward_ms']:.2f} | {r.get('forward_speedup', 1.0):.1f}× | "
                      f"{r['forward_backward_ms']:.2f} | {r.get('forward_backward_speedup', 1.0):.1f}× |")
     if res.get("triton_settings"):
@@ -261,7 +261,10 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "## Apps, paper configurations" + (" (--quick: smoke presets)" if res["quick"] else ""), "",
               "| app | image | params (M) | train batch | train images/s | infer images/s b1 | infer images/s "
               "large batch | latency b1 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for app, r in res["apps"].items():
+    for app, r in res.get("apps", {}).items():
+        if "error" in r:
+            lines.append(f"| {app} | failed: {r['error']} |")
+            continue
         big = next(v for k, v in r.items() if k.startswith("infer_b") and not k.startswith("infer_b1_"))
         lines.append(f"| {app} | {r['image_size']} | {r['parameters_m']:.1f} | {r['train_batch']} | "
                      f"{r['train_images_per_s']:.1f} | {r['infer_b1_images_per_s']:.1f} | {big:.1f} | "
@@ -290,19 +293,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     names = scan_backends(device)
     shape = (2, 64, 64, 16) if args.quick else ALMRR_SHAPE
-    agreement = scan_agreement(device, names)
-    res: dict[str, Any] = {"quick": args.quick, "scan_shape": shape, "environment": environment(device),
-                           "scan_agreement": agreement,
-                           "scan_speed": scan_speed(device, [n for n in names if agreement[n]["pass"]], args.repeats,
-                                                    shape),
-                           "triton_settings": triton_settings(device, args.repeats, shape) if "triton" in names else [],
-                           "apps": {app: app_throughput(app, device, args.repeats, args.quick)
-                                    for app in ("almrr", "vmpfd")}}
-    (out / "gpu_checks.json").write_text(json.dumps(res, indent=2) + "\n")
-    text = markdown(res)
-    (out / "gpu_checks.md").write_text(text)
-    print(text)
-    return 0 if all(r["pass"] for r in res["scan_agreement"].values()) else 1
+    res: dict[str, Any] = {"quick": args.quick, "scan_shape": shape, "environment": environment(device)}
+
+    def save() -> None:       # after every part: a run stopped at its time limit still leaves what it measured
+        (out / "gpu_checks.json").write_text(json.dumps(res, indent=2) + "\n")
+        (out / "gpu_checks.md").write_text(markdown(res))
+
+    save()
+    res["scan_agreement"] = agreement = scan_agreement(device, names)
+    save()
+    res["scan_speed"] = scan_speed(device, [n for n in names if agreement[n]["pass"]], args.repeats, shape)
+    save()
+    res["apps"] = {}
+    for app in ("almrr", "vmpfd"):
+        try:
+            res["apps"][app] = app_throughput(app, device, args.repeats, args.quick)
+        except Exception as exc:     # one app failing on the device must not cost the other's figures
+            res["apps"][app] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        save()
+    res["triton_settings"] = triton_settings(device, args.repeats, shape) if "triton" in names else []
+    save()
+    print(markdown(res))
+    return 0 if all(r["pass"] for r in agreement.values()) and not any("error" in r for r in res["apps"].values()) \
+        else 1
 
 
 if __name__ == "__main__":

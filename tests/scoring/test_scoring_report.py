@@ -88,6 +88,18 @@ def test_colorize_and_overlay_dtypes_and_ranges():
         overlay(image, np.zeros((4, 4)))
 
 
+def test_maps_one_pixel_high_or_wide_are_maps():
+    """A 1×W or H×1 map (an image one pixel high or wide) stays two-dimensional; leading batch and channel axes of
+    one are dropped, and nothing else."""
+    for shape in [(1, 7), (7, 1), (1, 1)]:
+        amap = np.linspace(0, 1, int(np.prod(shape))).reshape(shape)
+        assert colorize(amap).shape == (*shape, 3)
+        assert colorize(amap[None, None]).shape == (*shape, 3)
+        assert overlay(np.zeros((*shape, 3)), amap).shape == (*shape, 3)
+    with pytest.raises(DataError, match="expected an H×W map"):
+        colorize(np.zeros((2, 3, 4)))
+
+
 def test_heatmap_figure_has_four_panels_and_colorbar():
     rng = np.random.default_rng(0)
     fig = heatmap_figure(rng.random((32, 32, 3)), rng.random((32, 32)), rng.random((32, 32)) > 0.8, "x")

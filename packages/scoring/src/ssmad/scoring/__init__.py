@@ -47,7 +47,7 @@ from .postprocess import (
                       gaussian_kernel1d,
 )
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",

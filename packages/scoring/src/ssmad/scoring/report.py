@@ -208,7 +208,8 @@ def write_decisions(out_dir: str | os.PathLike, rows: Mapping[str, Mapping[str, 
 
 def _map2d(amap: Any, what: str = "amap") -> np.ndarray:
     arr = to_numpy(amap, what)
-    arr = np.squeeze(arr)
+    while arr.ndim > 2 and arr.shape[0] == 1:   # leading batch/channel axes only: a 1-pixel-high map stays 2-D
+        arr = arr[0]
     if arr.ndim != 2:
         raise DataError(f"{what}: expected an H×W map, got shape {tuple(np.shape(amap))}")
     if arr.dtype.kind not in "biuf":

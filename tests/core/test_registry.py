@@ -230,3 +230,22 @@ def test_path_fields_are_made_absolute_where_they_name_something(tmp_path, monke
         "texture_dir": str(tmp_path / "tex"), "p_clean": 0.5}
     assert registry().absolute_paths("backbone", "resnet18", {"weights": "w.pt"}) == {"weights": str(tmp_path / "w.pt")}
     assert registry().absolute_paths("backbone", "pdn_small", {"weights": "none"}) == {"weights": "none"}
+
+
+def test_a_misspelt_plugin_allowlist_is_one_warning_each(tmp_path):
+    """Each ``SSMAD_PLUGINS`` name that no installed distribution provides is one warning line (the built-in
+    names and a real plugin are not); the components load as before."""
+    make_distribution(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), SSMAD_PLUGINS="builtin,acme-ssmad,nonexistent-dist,other")
+    proc = subprocess.run([sys.executable, "-m", "ssmad.core", "plugins", "--kind", "synth"], env=env,
+                          capture_output=True, text=True, check=True)
+    warned = proc.stderr.strip().splitlines()
+    assert len(warned) == 2 and all(w.startswith("warning: SSMAD_PLUGINS names '") for w in warned), warned
+    assert "'nonexistent-dist'" in warned[0] and "'other'" in warned[1]
+    assert "stripes" in proc.stdout                                   # the allow-listed plugin still loads
+    code = ("import warnings; from ssmad.core import PluginWarning, components\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); components()\n"
+            "print(sum(issubclass(x.category, PluginWarning) for x in w))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"

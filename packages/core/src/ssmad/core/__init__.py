@@ -26,6 +26,7 @@ from .errors import (
                       ConfigError,
                       DataError,
                       MissingParameterError,
+                      PluginWarning,
                       SsmadError,
                       TrainingError,
                       UnknownComponentError,
@@ -34,11 +35,12 @@ from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",
-    "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "absolute_path", "absolute_paths",
+    "PluginWarning", "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "absolute_path",
+    "absolute_paths",
     "build", "build_spec", "closest",
     "components", "config_to_dict", "configclass", "describe", "field", "hookimpl", "hookspec", "in_range",
     "make_config", "non_empty", "non_negative", "path_field", "positive", "registry", "reset_registry", "suggest",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
-from .errors import SsmadError
+from .errors import PluginWarning, SsmadError
 from .registry import KINDS, registry
 
 
@@ -19,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         reg = registry()
-        comps = reg.components(args.kind)
+        with warnings.catch_warnings():   # listed below (or in the JSON), one line each
+            warnings.simplefilter("ignore", PluginWarning)
+            comps = reg.components(args.kind)
     except SsmadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

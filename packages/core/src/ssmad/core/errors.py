@@ -38,3 +38,8 @@ class CheckpointError(SsmadError):
 
 class TrainingError(SsmadError):
     """Training cannot go on (for example a NaN or infinite loss)."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin that could not be loaded, or an ``SSMAD_PLUGINS`` entry that names no plugin: the program goes on
+    without it, and says so on one line."""

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata as md
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .configs import absolute_paths, make_config, suggest
-from .errors import ConfigError, UnknownComponentError
+from .errors import ConfigError, PluginWarning, UnknownComponentError
 
 KINDS = ("backbone", "scan", "mixer", "reconstructor", "synth", "head", "postprocess", "distance", "fusion",
          "dataset", "metric")
@@ -99,6 +100,9 @@ class Registry:
 
     # -- discovery ----------------------------------------------------------------------------------------
     def _entry_points(self):
+        """(entry point, distribution, version) of every plugin to load, built-in first. Each distribution that
+        ``SSMAD_PLUGINS`` names but that provides no ``ssmad`` entry point is recorded in :attr:`plugin_errors`
+        (a misspelt name would otherwise be ignored without a word)."""
         allowed = _allowed_third_party()
         seen = set()
         builtin, third = [], []
@@ -113,6 +117,9 @@ class Registry:
                 builtin.append((ep, dist, version))
             elif allowed is None or _norm(dist) in allowed:
                 third.append((ep, dist, version))
+        for name in sorted((allowed or set()) - {_norm(t[1]) for t in third} - BUILTIN_DISTRIBUTIONS):
+            self.plugin_errors.append(f"{ENV_VAR} names {name!r}, but no installed distribution of that name "
+                                      f"provides an {ENTRY_POINT_GROUP!r} entry point; it is ignored")
         key = lambda t: (_norm(t[1]), t[0].name)  # noqa: E731 - deterministic order
         return sorted(builtin, key=key) + sorted(third, key=key)
 
@@ -128,6 +135,8 @@ class Registry:
                     self.plugin_errors.append(f"plugin {ep.name!r} from {dist}: {type(exc).__name__}: {exc}")
                     continue
                 self.add_plugin(module, dist, version)
+            for message in self.plugin_errors:   # one line each where the program shows warnings
+                warnings.warn(message, PluginWarning, stacklevel=2)
 
     def add_plugin(self, plugin, distribution: str = "<local>", version: str = "") -> None:
         """Register the components of a plugin object/module (also used by tests and notebooks)."""

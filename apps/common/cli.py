@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import shlex
 import sys
@@ -19,16 +18,8 @@ import numpy as np
 from ssmad.core import CheckpointError, ConfigError, DataError, SsmadError, components
 
 from .config import component, load_config, presets
-from .runs import latest_run, load_checkpoint, new_run_dir, write_config
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-#: what ``predict`` writes in its --out folder (``--overwrite`` removes the earlier ones, and only those)
-PREDICT_OUTPUTS = {"predictions.csv": None, "overlays": "*.png", "masks": "*.png", "maps": "*.npy"}
-PREDICT_NAMING = ("Output files are named after each image's file name without its extension (a.png gives "
-                  "overlays/a.png); when several inputs share that name, each is prefixed with its folder's name "
-                  "(x/a.png gives x_a), and a name still taken gets a number (x_a-2), the images named after "
-                  "themselves keeping theirs. The input order decides the numbers: folders are read in sorted order, "
-                  "skipping hidden files (names starting with '.').")
+from .predict_io import NAMING, output_stems
+from .runs import latest_run, load_checkpoint, new_run_dir, remove_stale_temporaries, write_config
 
 
 def positive_int(text: str) -> int:
@@ -79,14 +70,14 @@ class App:
         te.add_argument("--batch-size", type=positive_int, help="images per batch (default train.eval_batch_size)")
         add_data_flags(te, "evaluate on this dataset (KIND:PATH) instead of the run's own, e.g. where the run's "
                            "data moved; the run's [data.params] are kept for the same KIND")
-        pr = sub.add_parser("predict", help="score images with a trained run", epilog=PREDICT_NAMING)
+        pr = sub.add_parser("predict", help="score images with a trained run", epilog=NAMING)
         pr.add_argument("--run", required=True, help="run folder")
         pr.add_argument("inputs", nargs="+", help="image files or folders")
         pr.add_argument("--out", required=True, help="output folder (refused when it holds an earlier predict's "
                                                      "results, unless --overwrite)")
         pr.add_argument("--overwrite", action="store_true",
-                        help="remove the results of an earlier predict in --out first (predictions.csv, overlays/, "
-                             "masks/, maps/: only the files predict writes)")
+                        help="first remove the files an earlier predict wrote in --out (those listed in its "
+                             "predict-manifest.json, nothing else)")
         pr.add_argument("--save-maps", action="store_true",
                         help="also save raw float maps (.npy, input resolution; branch maps as STEM.BRANCH.npy)")
         pr.add_argument("--threshold", type=float, help="image decision threshold (default: from validation images)")
@@ -153,10 +144,40 @@ class App:
     RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
                    "train.threshold_quantile")
 
-    def resume_config(self, args, config: dict[str, Any]) -> dict[str, Any]:
+    def edited_settings(self, run_dir: Path, stored: dict[str, Any], verb: str) -> list[str]:
+        """Check ``RUN/config.toml`` against the configuration ``stored`` in the checkpoint that ``verb`` ("resume",
+        "test" or "predict") uses. An edit of a key outside :attr:`RESUME_KEYS` is a ConfigError naming the keys
+        (nothing is then changed): the model was built and trained with the stored values. Edits of
+        :attr:`RESUME_KEYS` are returned as ``--set`` items, which a resume applies (before the command line's);
+        ``test`` and ``predict`` do not read them."""
+        from .runs import config_edits, describe_edits
+
+        edits = config_edits(run_dir, stored)
+        other = {k: v for k, v in edits.items() if k not in self.RESUME_KEYS}
+        if other and verb != "resume" and (run_dir / "checkpoint.pt").is_file():
+            # a resume that extends a finished run rewrites config.toml with its first new checkpoint
+            ongoing = config_edits(run_dir, load_checkpoint(run_dir / "checkpoint.pt", self.name)["config"])
+            if all(k in self.RESUME_KEYS for k in ongoing):
+                other = {}
+        if other:
+            run = shlex.quote(str(run_dir))
+            fix = ("--resume continues with the checkpoint's configuration and takes only "
+                   f"{', '.join(self.RESUME_KEYS)} from config.toml or --set" if verb == "resume" else
+                   f"{verb} uses the configuration the model was trained with")
+            raise ConfigError(f"{run_dir / 'config.toml'} was edited after training: {describe_edits(other)}; "
+                              f"{fix}. Undo the edit, or train a new run with it: python -m apps.{self.name} train "
+                              f"--config {shlex.quote(str(run_dir / 'config.toml'))} --out NEW_FOLDER "
+                              f"(nothing was changed in {run})")
+        sets = [f"{k}={json.dumps(new)}" for k, (_, new) in edits.items() if k in self.RESUME_KEYS and new is not None]
+        for item in sets if verb == "resume" else []:
+            print(f"note: --resume uses {item.replace('=', ' = ', 1)} from {run_dir / 'config.toml'}",
+                  file=sys.stderr, flush=True)
+        return sets
+
+    def resume_config(self, args, config: dict[str, Any], file_sets: Sequence[str] = ()) -> dict[str, Any]:
         """The stored configuration of a resumed run with ``--epochs``, the ``--set`` values of :attr:`RESUME_KEYS`
-        and ``--data`` (with ``--data-param``) naming the run's dataset kind in a new place; any other change is a
-        ConfigError, not silently ignored."""
+        (after ``file_sets``, the same keys as edited in config.toml) and ``--data`` (with ``--data-param``) naming
+        the run's dataset kind in a new place; any other change is a ConfigError, not silently ignored."""
         from ssmad.core.files import apply_overrides
 
         from .config import anchor_paths, check_config
@@ -179,7 +200,7 @@ class App:
                 raise ConfigError(f"--set {key}: --resume keeps the run's configuration; it may change only "
                                   f"{', '.join(self.RESUME_KEYS)}")
         epochs = [] if args.epochs is None else [f"train.epochs={args.epochs}"]
-        config = apply_overrides(config, [*args.set, *epochs])
+        config = apply_overrides(config, [*file_sets, *args.set, *epochs])
         check_config(config)
         if args.data:
             anchor_paths(config)
@@ -198,16 +219,26 @@ class App:
             if not run_dir.is_dir():
                 raise CheckpointError(f"run folder not found: {run_dir}")
             self._train_dir = run_dir
+            stale = remove_stale_temporaries(run_dir)
+            if stale:
+                print(f"note: removed {len(stale)} temporary file(s) that an interrupted run left in {run_dir}: "
+                      f"{', '.join(stale)}", file=sys.stderr, flush=True)
             ckpt = load_checkpoint(run_dir / "checkpoint.pt", self.name)
-            config = self.resume_config(args, ckpt["config"])
+            config = self.resume_config(args, ckpt["config"], self.edited_settings(run_dir, ckpt["config"], "resume"))
             done, epochs = int(ckpt["epoch"]), int(config["train"]["epochs"])
             if args.epochs is not None and args.epochs < done:
                 raise ConfigError(f"--epochs {args.epochs}: {run_dir} has already completed {done} epochs; give "
                                   f"--epochs {done} or more to train longer (or leave it out)")
             if done >= epochs and (run_dir / "model.pt").is_file():
-                print(f"{run_dir} already finished: {done} of {epochs} epochs trained and model.pt written; nothing "
-                      f"to do (raise --epochs to train longer)", flush=True)
-                return 0
+                try:
+                    load_checkpoint(run_dir / "model.pt", self.name)
+                except CheckpointError as exc:   # damaged: fitted again from the last epoch's checkpoint
+                    print(f"note: {exc}; writing it again from {run_dir / 'checkpoint.pt'} (epoch {done})",
+                          file=sys.stderr, flush=True)
+                else:
+                    print(f"{run_dir} already finished: {done} of {epochs} epochs trained and model.pt written; "
+                          f"nothing to do (raise --epochs to train longer)", flush=True)
+                    return 0
         else:
             config = self.train_config(args)
             run_dir = Path(args.out) if args.out else new_run_dir(self.name, config)
@@ -242,8 +273,11 @@ class App:
         return 0
 
     # -- test -------------------------------------------------------------------------------------------------
-    def load_method(self, run_dir: Path, device):
+    def load_method(self, run_dir: Path, device, verb: str = "test"):
+        """(method, checkpoint) of a run folder (its model.pt, else checkpoint.pt) or a checkpoint file, built on
+        ``device`` for scoring; a ConfigError when the run's config.toml was edited (:meth:`edited_settings`)."""
         ckpt = load_checkpoint(run_dir, self.name)
+        self.edited_settings(run_dir if run_dir.is_dir() else run_dir.parent, ckpt["config"], verb)
         method = self.method_cls(ckpt["config"], device, for_training=False)
         method.scan_backends()        # a scan backend named for another device: one error before anything is scored
         method.load_state_dict(ckpt["state"])
@@ -372,90 +406,53 @@ class App:
 
     # -- predict ----------------------------------------------------------------------------------------------
     def cmd_predict(self, args) -> int:
-        import torch
-        from PIL import Image
-
         from ssmad.core.device import resolve_device
-        from ssmad.core.files import atomic_write_text
-        from ssmad.datasets import load_image, resize_image
-        from ssmad.scoring.report import flagged, overlay
+
+        from . import predict_io as pio
+        from .predictor import predict_files
 
         out = Path(args.out)
         out_folder(out, "--out")
-        earlier = earlier_predictions(out)
-        if earlier and not args.overwrite:
+        earlier = pio.Manifest.read(out)
+        if earlier is not None and not args.overwrite:
             raise ConfigError(f"--out {out}: already holds the results of an earlier predict "
-                              f"({', '.join(earlier)}); choose another folder, or give --overwrite to replace them "
-                              "(nothing was changed)")
+                              f"({len(earlier.on_disk())} files listed in {pio.MANIFEST_NAME}); choose another "
+                              f"folder, or give --overwrite to replace them (nothing was changed)")
         device = resolve_device(args.device)
-        method, ckpt = self.load_method(Path(args.run), device)
-        files = collect_images(args.inputs, skip=[out / sub for sub in PREDICT_OUTPUTS])
+        method, ckpt = self.load_method(Path(args.run), device, "predict")
+        files = pio.collect_images(args.inputs, skip=[out / sub for sub in pio.OUTPUT_FOLDERS])
         self.unfinished_note(Path(args.run), ckpt, "predict")
-        size = int(method.config["data"]["image_size"])
         thresholds = ckpt.get("thresholds") or {}
         threshold = args.threshold if args.threshold is not None else thresholds.get("image")
         pixel_threshold = thresholds.get("pixel")
-        if earlier:
-            clear_predictions(out)
-        (out / "overlays").mkdir(parents=True, exist_ok=True)
-        if pixel_threshold is not None:
-            (out / "masks").mkdir(parents=True, exist_ok=True)
-        if args.save_maps:
-            (out / "maps").mkdir(parents=True, exist_ok=True)
-        stems = output_stems(files)
+        stems = pio.output_stems(files)
+        planned = pio.planned_outputs(stems, masks=pixel_threshold is not None, maps=args.save_maps)
+        pio.refuse_clashes(out, pio.clashes(out, planned, earlier) + (
+            pio.branch_clashes(out, stems, earlier) if args.save_maps else []), earlier)
+        if earlier is not None:
+            earlier.remove()
+        manifest = pio.Manifest(out, str(args.run))
+        manifest.record([pio.CSV_NAME])
         rows: dict[int, dict[str, str]] = {}
-        empty = {"score": "", "decision": "", "threshold": "", "overlay": "", "mask": "", "error": ""}
-        for start in range(0, len(files), args.batch_size):
-            chunk, originals = [], []
-            for k in range(start, min(start + args.batch_size, len(files))):
-                try:
-                    originals.append(load_image(files[k]))  # H×W×3 float in [0, 1]
-                    chunk.append(k)
-                except (DataError, OSError, ValueError) as exc:  # one unreadable image: its row says why
-                    why = str(exc) if isinstance(exc, DataError) else f"cannot read image {files[k]}: {exc}"
-                    rows[k] = {"image": str(files[k]), **empty, "error": why}
-                    print(f"error: {why} (skipped)", file=sys.stderr, flush=True)
-            if not chunk:
-                continue
-            batch = torch.stack([resize_image(im, size) for im in originals]).to(device)
-            res = method.predict(batch)
-            maps = res.anomaly_map[:, 0].float().cpu()
-            branches = {name: m[:, 0].float().cpu() for name, m in res.extras.items()} if args.save_maps else {}
-            for i, (k, im, amap, score) in enumerate(zip(chunk, originals, maps, res.score.float().cpu().tolist())):
-                f, stem = files[k], stems[k]
-                full = _to_size(amap, im.shape[:2])
-                vmin, vmax = display_range(thresholds, full)
-                Image.fromarray(overlay(im, full, vmin=vmin, vmax=vmax)).save(out / "overlays" / f"{stem}.png")
-                if pixel_threshold is not None:
-                    mask = ((full > pixel_threshold) * 255).astype(np.uint8)
-                    Image.fromarray(mask).save(out / "masks" / f"{stem}.png")
-                if args.save_maps:  # the method's map, and each branch map alone as <stem>.<branch>.npy
-                    np.save(out / "maps" / f"{stem}.npy", full.astype(np.float32))
-                    for name, bmaps in branches.items():
-                        branch = _to_size(bmaps[i], im.shape[:2])
-                        np.save(out / "maps" / f"{stem}.{name}.npy", branch.astype(np.float32))
-                decision = "" if threshold is None else ("anomalous" if flagged(score, threshold) else "normal")
-                rows[k] = {"image": str(f), "score": f"{score:.6g}", "decision": decision,
-                           "threshold": "" if threshold is None else f"{threshold:.6g}",
-                           "overlay": f"overlays/{stem}.png",
-                           "mask": "" if pixel_threshold is None else f"masks/{stem}.png", "error": ""}
-                print(f"{f}: score {score:.4f} {decision}".rstrip(), flush=True)
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["image", *empty])
-        writer.writeheader()
-        writer.writerows(rows[k] for k in sorted(rows))
-        csv_path = atomic_write_text(out / "predictions.csv", buf.getvalue())
+        try:
+            for start in range(0, len(files), args.batch_size):
+                chunk = range(start, min(start + args.batch_size, len(files)))
+                preds = predict_files(method, [files[k] for k in chunk], threshold, branches=args.save_maps)
+                for k, pred in zip(chunk, preds):
+                    rows[k] = row = pio.write_prediction(out, manifest, stems[k], pred, thresholds, threshold,
+                                                         args.save_maps)
+                    if row["error"]:
+                        print(f"error: {row['error']} (skipped)", file=sys.stderr, flush=True)
+                    else:
+                        print(f"{files[k]}: score {float(row['score']):.4f} {row['decision']}".rstrip(), flush=True)
+        finally:   # the images scored so far are listed even when the command is interrupted
+            csv_path = pio.write_csv(out, rows, pio.FIELDS)
         failed = sum(bool(r["error"]) for r in rows.values())
         n_flagged = sum(r["decision"] == "anomalous" for r in rows.values())
         decided = "" if threshold is None else f", {n_flagged} anomalous (score above {threshold:.6g})"
-        print(f"{len(rows) - failed} images scored{decided}; results in {csv_path}", flush=True)
-        if failed:
-            print(f"error: {failed} of {len(rows)} images could not be read (the error column of {csv_path} says "
-                  f"why)", file=sys.stderr, flush=True)
-            return 2
-        return 0
+        errors = f"; {failed} could not be scored (the error column says why)" if failed else ""
+        print(f"{len(rows) - failed} images scored{decided}{errors}; results in {csv_path}", flush=True)
+        return 2 if failed else 0
 
     # -- components -------------------------------------------------------------------------------------------
     def cmd_components(self, args) -> int:
@@ -509,23 +506,6 @@ class TestImages(Sequence):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.samples[i].image.permute(1, 2, 0).numpy()
-
-
-def _to_size(amap, size: tuple[int, int]) -> np.ndarray:
-    """An H'×W' torch map resized (bilinear) to ``size`` = (H, W), as a numpy array."""
-    import torch
-
-    return torch.nn.functional.interpolate(amap[None, None], size=size, mode="bilinear",
-                                           align_corners=False)[0, 0].numpy()
-
-
-def display_range(thresholds: dict[str, float], amap: np.ndarray) -> tuple[float, float]:
-    """Colour scale of overlays: from the median of normal validation pixels to as far above the pixel
-    threshold, so the threshold sits mid-scale; per-image min/max when the run has no validation images."""
-    if "pixel" in thresholds and "pixel_low" in thresholds:
-        low, thr = thresholds["pixel_low"], thresholds["pixel"]
-        return low, max(thr + (thr - low), low + 1e-6)
-    return float(amap.min()), max(float(amap.max()), float(amap.min()) + 1e-6)
 
 
 #: what a new run's folder holds before its first epoch is saved: a failure then removes them (and the folder), so
@@ -614,31 +594,6 @@ def out_folder(path: Path, flag: str) -> Path:
     return path
 
 
-def earlier_predictions(out: Path) -> list[str]:
-    """The outputs of an earlier ``predict`` in ``out`` (predictions.csv, or a subfolder that holds files)."""
-    found = []
-    for name, pattern in PREDICT_OUTPUTS.items():
-        p = out / name
-        if (pattern is None and p.exists()) or (pattern is not None and p.is_dir() and any(p.iterdir())):
-            found.append(name + ("/" if pattern else ""))
-    return found
-
-
-def clear_predictions(out: Path) -> None:
-    """Remove what ``predict`` writes from ``out``: predictions.csv, overlays/*.png, masks/*.png, maps/*.npy; a
-    subfolder goes too once empty. Any other file stays."""
-    for name, pattern in PREDICT_OUTPUTS.items():
-        p = out / name
-        if pattern is None:
-            p.unlink(missing_ok=True)
-        elif p.is_dir():
-            for f in p.glob(pattern):
-                if f.is_file():
-                    f.unlink()
-            with contextlib.suppress(OSError):
-                p.rmdir()
-
-
 def _one_line_warning(seen: set[tuple[type, str]]):
     """A ``warnings.showwarning`` that prints each distinct warning once, as one plain line on stderr: "note: ..."
     for metrics the data cannot define, "warning: ..." for the rest (no source line)."""
@@ -654,53 +609,3 @@ def _one_line_warning(seen: set[tuple[type, str]]):
         else:
             print(f"warning: {text}", file=sys.stderr, flush=True)
     return show
-
-
-def collect_images(inputs: list[str], skip: Sequence[Path] = ()) -> list[Path]:
-    """The image files of ``inputs`` (files, or folders searched recursively in sorted order, skipping hidden files
-    and folders, whose names start with ".", and the folders in ``skip``), each file once, in order."""
-    files: list[Path] = []
-    skipped = {s.resolve() for s in skip}
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                           and not skipped.intersection(f.resolve().parents))
-            if not found:
-                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; hidden "
-                                f"files skipped)")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    unique: dict[Path, Path] = {}
-    for f in files:
-        unique.setdefault(f.resolve(), f)   # a file given twice (or inside a folder also given) is scored once
-    return list(unique.values())
-
-
-def output_stems(files: Sequence[Path]) -> list[str]:
-    """A unique output name (no extension) for each file, compared ignoring case (a case-insensitive file system
-    would merge them): its stem when no other file has it, else ``FOLDER_STEM``; a name still taken gets ``-2``,
-    ``-3``, ... in input order, the files named by their own stem choosing first. So an image keeps its own name
-    whether predicted alone or with others, unless another input has the same name."""
-    def key(name: str) -> str:
-        return name.casefold()
-
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[key(f.stem)] = counts.get(key(f.stem), 0) + 1
-    wanted = [f.stem if counts[key(f.stem)] == 1 or not f.resolve().parent.name else
-              f"{f.resolve().parent.name}_{f.stem}" for f in files]
-    names: list[str] = [""] * len(files)
-    taken: set[str] = set()
-    for i in sorted(range(len(files)), key=lambda i: wanted[i] != files[i].stem):  # stable: input order within
-        name, n = wanted[i], 1
-        while key(name) in taken:
-            n += 1
-            name = f"{wanted[i]}-{n}"
-        taken.add(key(name))
-        names[i] = name
-    return names

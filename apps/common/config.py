@@ -63,12 +63,15 @@ def _prune_to_component(config: dict[str, Any], role: str) -> None:
 
     import attrs
 
-    from ssmad.core import describe
+    from ssmad.core import UnknownComponentError, describe
 
     for entry in config["pipeline"]:
         if entry.get("role") != role:
             continue
-        info = describe(entry["kind"], entry["name"])  # an unknown name fails here, listing the available ones
+        try:
+            info = describe(entry["kind"], entry["name"])
+        except UnknownComponentError as exc:   # the key the user set, and the names it may take, closest first
+            raise UnknownComponentError(f"pipeline.{role}.name: {exc}") from None
         allowed = set(attrs.fields_dict(info.config)) if info.config is not None else set()
         dropped = [k for k in entry if k not in PIPELINE_META + ("kind", "name") and k not in allowed]
         for k in dropped:
@@ -196,7 +199,7 @@ def build_role(config: dict[str, Any], role: str, unweighted: bool = False, **ex
     """Build the component of ``role`` (``extra`` fills parameters the entry does not set). ``unweighted``: with
     ``weights = "none"`` instead of the entry's (no weights file read, nothing downloaded), for a module whose
     weights will come from a checkpoint."""
-    from ssmad.core import build
+    from ssmad.core import UnknownComponentError, build
 
     entry = component(config, role)
     if entry is None:
@@ -206,6 +209,8 @@ def build_role(config: dict[str, Any], role: str, unweighted: bool = False, **ex
     params = {**extra, **component_params(entry)}
     try:
         return build(entry["kind"], entry["name"], **params)
+    except UnknownComponentError as exc:
+        raise UnknownComponentError(f"pipeline.{role}.name: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"pipeline.{role}: {exc}") from None
 

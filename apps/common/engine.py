@@ -14,16 +14,49 @@ import numpy as np
 import torch
 
 from ssmad.core import ConfigError, DataError, TrainingError
+from ssmad.core.files import atomic_write_text
 
 from .data import Images, LazyImages, TrainItems, loader, open_data, split_validation
 from .method import Method
-from .runs import load_checkpoint, save_checkpoint, write_config
+from .runs import load_checkpoint, save_checkpoint, write_config, write_history
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a training step may draw from (torch's CPU and CUDA ones, numpy's and Python's global
+    ones), in a form ``torch.load(weights_only=True)`` reads back: a resumed run continues their sequences."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (a CUDA state only where the same number of GPUs is visible)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order: a function of (seed, epoch) alone, so a resumed run shuffles each
+    epoch as the uninterrupted run does."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
 
 
 def log(run_dir: Path | None, line: str) -> None:
@@ -38,6 +71,14 @@ def fmt_time(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def eta(seconds_to_last_epoch: float, budget_left_s: float, t: dict[str, Any], epochs: int) -> str:
+    """The progress line's time to the end the run will reach: its last epoch, or ``train.max_minutes`` when the
+    budget (``budget_left_s`` of it left; ignored when there is none) runs out first; says which."""
+    if t.get("max_minutes") and budget_left_s < seconds_to_last_epoch:
+        return f"ETA {fmt_time(budget_left_s)} (train.max_minutes = {t['max_minutes']:g})"
+    return f"ETA {fmt_time(seconds_to_last_epoch)} (epoch {epochs})"
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -59,7 +100,8 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
             print(f"note: {note}", file=sys.stderr, flush=True)
     selector = Selector(method, config, run_dir, data.train, val_idx)
     method.prepare(run_dir, data.train, train_idx)
-    write_config(run_dir, config)
+    if not resume:   # a resumed run's config.toml is rewritten with its first checkpoint (below)
+        write_config(run_dir, config)
     write_split(run_dir, data, train_idx, val_idx)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
     batch_size = min(int(t["batch_size"]), len(items))
@@ -76,7 +118,12 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
         train_seconds = float(ckpt.get("train_seconds", 0.0))
-        torch.set_rng_state(ckpt["torch_rng"])
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        else:   # a checkpoint of apps < 0.12 holds torch's generator only
+            torch.set_rng_state(ckpt["torch_rng"])
+        # history.jsonl as the checkpoint has it: a kill between the two writes of an epoch leaves them apart
+        write_history(run_dir, history)
         selector.resume(ckpt.get("best"))
         cut = bool(history) and start_epoch < history[-1]["epoch"] < start_epoch + 1
         again = f" (epoch {start_epoch + 1}, cut short by train.max_minutes, runs again in full)" if cut else ""
@@ -94,6 +141,8 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     out_of_time = False
     for epoch in range(start_epoch, epochs):
         items.epoch = epoch
+        dl.generator.manual_seed(epoch_seed(seed, epoch))
+        at_epoch_start = rng_state()   # what a checkpoint of an epoch cut short resumes from
         method.train(True)
         sums: dict[str, float] = {}
         t_epoch = time.perf_counter()
@@ -118,7 +167,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                 rate = (now - t_start) / max(1, steps_done - steps_at_start)
                 terms = " ".join(f"{k} {v / (step + 1):.4f}" for k, v in sums.items())
                 log(run_dir, f"epoch {epoch + 1}/{epochs} step {step + 1}/{len(dl)} {terms} "
-                             f"| ETA {fmt_time(rate * (steps_total - steps_done))}")
+                             f"| {eta(rate * (steps_total - steps_done), budget_s - (now - t_start), t, epochs)}")
             if budget_s and now - t_start >= budget_s:
                 out_of_time = True
                 log(run_dir, f"train.max_minutes = {t['max_minutes']} reached at epoch {epoch + 1}, step "
@@ -130,14 +179,18 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                   **{k: v / n_steps for k, v in sums.items()}, "seconds": round(time.perf_counter() - t_epoch, 2)}
         selector.after_epoch(record)
         history.append(record)
-        with open(run_dir / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
         # "epoch" counts completed epochs: one cut short by the time budget runs again in full on --resume
         done = epoch + 1 if n_steps == len(dl) else epoch
+        rng = rng_state() if done == epoch + 1 else at_epoch_start
         save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
                                     "optimizer": optimizer.state_dict(), "epoch": done, "history": history,
-                                    "train_seconds": train_seconds, "torch_rng": torch.get_rng_state(),
+                                    "train_seconds": train_seconds, "torch_rng": rng["torch"], "rng": rng,
                                     "best": selector.best})
+        # after the checkpoint: a kill in between leaves history.jsonl one record short, which a resume rewrites
+        with open(run_dir / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if resume:
+            write_config(run_dir, config)   # once the checkpoint holds it: both say the same after any kill
         if out_of_time:
             break
     # the selected epoch's model, statistics on normal validation images, then decision thresholds
@@ -155,6 +208,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                "history": history, "train_seconds": train_seconds, "thresholds": thresholds,
                "n_train": len(train_idx), "n_val": len(val_idx), "selected_epoch": selected}
     save_checkpoint(run_dir / "model.pt", payload)
+    write_config(run_dir, config)
     kept = "" if selected == epochs_done else f" (the model of epoch {selected}, train.select = best)"
     log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
@@ -173,9 +227,7 @@ def write_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -
         return
     split = {"root": getattr(data, "root", None), "train": [train_paths[i] for i in train_idx],
              "validation": [train_paths[i] for i in val_idx], "test": list(test_paths)}
-    tmp = run_dir / (SPLIT_FILE + ".tmp")
-    tmp.write_text(json.dumps(split, indent=1) + "\n")
-    tmp.replace(run_dir / SPLIT_FILE)
+    atomic_write_text(run_dir / SPLIT_FILE, json.dumps(split, indent=1) + "\n")
 
 
 def _stored_split(path: Path, data) -> dict[str, set[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 # Triton's interpreter, which runs the `triton` scan backend's kernels on CPU tensors (tests/ssm/test_triton_scan.py),
@@ -23,6 +24,7 @@ def load_script():
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module   # dataclasses look their module up while the module runs
         spec.loader.exec_module(module)
         return module
 

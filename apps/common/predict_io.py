@@ -193,10 +193,9 @@ def refuse_clashes(out: Path, found: list[str], earlier: Manifest | None) -> Non
     if not found:
         return
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    whose = ("not listed in its " + MANIFEST_NAME) if earlier is not None else (
-        "and the folder holds no " + MANIFEST_NAME + ", so they are not predict's")
-    raise ConfigError(f"--out {out}: predict would write over {', '.join(found[:3])}{more}, which predict did not "
-                      f"write ({whose}); choose another folder (nothing was changed)")
+    why = f"not listed in its {MANIFEST_NAME}" if earlier is not None else f"the folder has no {MANIFEST_NAME}"
+    raise ConfigError(f"--out {out}: predict would write over {', '.join(found[:3])}{more}, which it did not write "
+                      f"({why}); choose another folder (nothing was changed)")
 
 
 def write_csv(out: Path, rows: dict[int, dict[str, Any]], fields: Sequence[str]) -> Path:

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         ap.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
 
-    from apps.almrr.__main__ import APP
+    from apps.almrr import APP
     from apps.common.config import build_role, load_config
-    from apps.common.engine import infer
+    from apps.common.inference import infer
     from ssmad.scoring import METRICS, evaluate
 
     if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:

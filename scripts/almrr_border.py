@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = run_parser(__doc__, "ALMRR").parse_args(argv)
 
-    from apps.almrr.__main__ import APP
+    from apps.almrr import APP
     from apps.common.data import open_data
 
     if (opened := open_or_report(open_finished_run, APP, args.run, args.device, "ALMRR")) is None:

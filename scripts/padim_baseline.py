@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.ridge > 0 and np.isfinite(args.ridge)):
         ap.error(f"--ridge: expected a number > 0, got {args.ridge}")
 
-    from apps.almrr.__main__ import APP
-    from apps.common.cli import by_defect_type
+    from apps.almrr import APP
+    from apps.common.evaluate import by_defect_type
     from ssmad.scoring import METRICS, evaluate
 
     if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:

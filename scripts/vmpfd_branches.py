@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = run_parser(__doc__, "VMPFD-AD", data=True).parse_args(argv)
 
-    from apps.vmpfd.__main__ import APP
+    from apps.vmpfd import APP
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 

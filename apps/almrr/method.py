@@ -51,7 +51,7 @@ from ssmad.scoring import GroupedAP, MeanSquared
 
 from ..common.config import NUMBER, build_role, component, optional_value, section_value
 from ..common.data import LazyImages
-from ..common.method import Method, Validation
+from ..common.method import Method, UnfittedWarning, Validation
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
@@ -231,7 +231,7 @@ class ALMRR(Method):
             self._warned_metric = True
             warnings.warn(f"pipeline.distance ({self.metric!r}): not fitted (a checkpoint of a training that did not "
                           f"finish, or no held-out normal images); the distance map is the mean squared distance",
-                          RuntimeWarning, stacklevel=3)
+                          UnfittedWarning, stacklevel=3)
         return self.distance(recon, feats)
 
     @torch.no_grad()
@@ -403,7 +403,7 @@ class ALMRR(Method):
             elif not self._warned_unfitted:
                 self._warned_unfitted = True
                 warnings.warn("pipeline.distance_norm: not fitted (a checkpoint of a training that did not finish, "
-                              "or no held-out normal images); the distance map is reported raw", RuntimeWarning,
+                              "or no held-out normal images); the distance map is reported raw", UnfittedWarning,
                               stacklevel=3)
         dist = F.interpolate(dist, size=size, mode="bilinear", align_corners=False)
         return self.distance_smooth(dist) if self.distance_smooth is not None else dist
@@ -472,6 +472,6 @@ class ALMRR(Method):
                 what = ("method.distance_weight = auto: no weight chosen" if self.distance_scale.fitted
                         else "pipeline.distance_scale: not fitted")
                 warnings.warn(f"{what} (a checkpoint of a training that did not finish, or no held-out normal "
-                              f"images); the map is the refined map alone", RuntimeWarning, stacklevel=2)
+                              f"images); the map is the refined map alone", UnfittedWarning, stacklevel=2)
         return AnomalyOutput(anomaly_map=amap, score=self.score(amap) if score is None else score,
                              extras={"distance": dist})

@@ -126,6 +126,10 @@ TRAIN_KEYS = {  # key: (types, predicate, description)
     "select": (str, lambda v: v in SELECT, f"one of {', '.join(repr(v) for v in SELECT)}"),
     "select_images": (int, lambda v: v >= 1, "an integer >= 1"),
 }
+#: what a resume may change, with ``--set``, ``--epochs`` or an edit of config.toml (the rest of a run's stored
+#: configuration is what it was trained with)
+RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
+               "train.threshold_quantile")
 #: keys that configurations written before them lack, and their values for those configurations
 TRAIN_DEFAULTS = {"select": "last", "select_images": 32}
 

@@ -46,11 +46,12 @@ def open_run_data(app, args: argparse.Namespace, what: str):
     with ``data``): its model on ``args.device``, its dataset (or the one ``--data`` names: the run's data where it
     is now), its test split checked against the run's as ``test`` does, and the split of its training images into
     those it trained on and those it held out; an SsmadError otherwise."""
-    from .cli import data_flags, open_run_dataset
+    from .cli import data_choice
     from .data import split_validation
+    from .evaluate import open_run_dataset
 
     method, ckpt = open_finished_run(app, args.run, args.device, what)
-    config, data = open_run_dataset(Path(args.run), ckpt["config"], data_flags(args),
+    config, data = open_run_dataset(Path(args.run), ckpt["config"], data_choice(args),
                                     "the same command with --data KIND:PATH")
     train_idx, val_idx = split_validation(data.train, float(config["train"]["val_fraction"]),
                                           int(config["train"]["seed"]))

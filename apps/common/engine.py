@@ -1,8 +1,7 @@
-"""The training loop and batched inference shared by the apps."""
+"""The training loop shared by the apps: epochs, checkpoints, resumes, then the statistics and thresholds."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import sys
@@ -13,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssmad.core import ConfigError, DataError, TrainingError
-from ssmad.core.files import atomic_write_text
+from ssmad.core import DataError, TrainingError
 
-from .data import Images, LazyImages, TrainItems, loader, open_data, split_validation
+from .data import LazyImages, TrainItems, loader, open_data, split_validation
+from .inference import decision_thresholds, infer
 from .method import Method
-from .runs import load_checkpoint, save_checkpoint, write_config, write_history
+from .runs import load_checkpoint, log, save_checkpoint, write_config, write_history
+from .select import Selector
+from .split import check_resumed_split, write_split
 
 
 def seed_everything(seed: int) -> None:
@@ -57,13 +58,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s data order: a function of (seed, epoch) alone, so a resumed run shuffles each
     epoch as the uninterrupted run does."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-
-
-def log(run_dir: Path | None, line: str) -> None:
-    print(line, flush=True)
-    if run_dir is not None:
-        with open(run_dir / "train.log", "a") as fh:
-            fh.write(line + "\n")
 
 
 def fmt_time(seconds: float) -> str:
@@ -213,237 +207,3 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     log(run_dir, f"trained {epochs_done} epochs in {fmt_time(train_seconds)}; model{kept} written to "
                  f"{run_dir / 'model.pt'}")
     return payload
-
-
-SPLIT_FILE = "split.json"
-
-
-def write_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -> None:
-    """The run's images by use (``split.json``: train, validation, test), for the user and for :func:`check_split`.
-    Datasets whose samples have no file paths (none so far) write nothing."""
-    train_paths = getattr(data.train, "paths", None)
-    test_paths = getattr(data.test, "paths", None)
-    if train_paths is None or test_paths is None:
-        return
-    split = {"root": getattr(data, "root", None), "train": [train_paths[i] for i in train_idx],
-             "validation": [train_paths[i] for i in val_idx], "test": list(test_paths)}
-    atomic_write_text(run_dir / SPLIT_FILE, json.dumps(split, indent=1) + "\n")
-
-
-def _stored_split(path: Path, data) -> dict[str, set[str]]:
-    """The image sets of ``split.json`` (train, validation, test), each path where it is now when the dataset moved
-    (the stored root replaced by the dataset's). Raises OSError, ValueError, KeyError or TypeError when unreadable."""
-    split = json.loads(path.read_text())
-    old_root, new_root = split.get("root"), getattr(data, "root", None)
-
-    def now(p: str) -> str:
-        return _moved(p, Path(old_root), Path(new_root)) if old_root and new_root else str(Path(p))
-
-    return {key: {now(p) for p in split[key]} for key in ("train", "validation", "test")}
-
-
-def _read_split(run_dir: Path, data) -> tuple[dict[str, set[str]] | None, list[str]]:
-    """(:func:`_stored_split` of the run, notes): (None, []) for a run without ``split.json`` or a dataset without
-    file paths, (None, [why]) when it cannot be read."""
-    path = run_dir / SPLIT_FILE
-    if not path.is_file() or getattr(data.test, "paths", None) is None:
-        return None, []
-    try:
-        return _stored_split(path, data), []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return None, [f"{path}: unreadable ({exc}); the test split was not compared with training time's"]
-
-
-def check_split(run_dir: Path, data) -> list[str]:
-    """Compare the test split as the dataset lists it now with the one the run was trained with (``split.json``;
-    runs without it are not checked; a dataset that moved is followed by the root stored with it). A dataset split
-    by a seed (a ``folder`` of normal images without ``test_normal``, ``mtd``, ``nanotwice``) is split again from
-    its current listing: images added to or removed from the folder move others between training and test. An
-    image the run trained on (or held out) that is now a test image is a DataError; any other difference is
-    returned as a note."""
-    split, notes = _read_split(run_dir, data)
-    return notes if split is None else _compare_test(run_dir / SPLIT_FILE, split, data)
-
-
-def _compare_test(path: Path, split: dict[str, set[str]], data) -> list[str]:
-    """:func:`check_split` on the run's split as read."""
-    seen, before = split["train"] | split["validation"], split["test"]
-    now = {str(Path(p)) for p in data.test.paths}
-    if not (now & (before | seen)):
-        return [f"none of the test images is where it was at training time (the data moved? runs trained before "
-                f"apps 0.9.0 cannot follow it); the test split was not compared with training time's ({path})"]
-    leaked = sorted(now & seen)
-    if leaked:
-        raise DataError(f"{len(leaked)} test image(s) were training images of this run (e.g. {leaked[0]}): the "
-                        f"dataset's folder changed since training and its split, made from the current listing, "
-                        f"moved them; restore the folder as it was (the run's images by use are in {path}) or "
-                        f"give the test images their own folder (test_normal)")
-    if now != before:
-        return [f"the test split differs from training time's: {len(now - before)} image(s) added, "
-                f"{len(before - now)} missing (the run's test images are listed in {path})"]
-    return []
-
-
-def check_resumed_split(run_dir: Path, data, train_idx: list[int], val_idx: list[int]) -> list[str]:
-    """Before a resumed run continues: :func:`check_split` (training images now in the test split are a
-    DataError), and a note when the training or held-out images differ from those it started with."""
-    split, notes = _read_split(run_dir, data)
-    if split is None:
-        return notes
-    path, train_paths = run_dir / SPLIT_FILE, getattr(data.train, "paths", None)
-    notes = _compare_test(path, split, data)
-    if train_paths is None:
-        return notes
-    for key, idx in (("train", train_idx), ("validation", val_idx)):
-        now = {str(Path(train_paths[i])) for i in idx}
-        if now != split[key]:
-            notes.append(f"the {key} images differ from those the run started with: {len(now - split[key])} "
-                         f"added, {len(split[key] - now)} missing; it continues on the current ones (which {path} "
-                         f"will list)")
-    return notes
-
-
-def _moved(path: str, old_root: Path, new_root: Path) -> str:
-    """``path`` under ``old_root`` as the same file under ``new_root`` (unchanged when outside ``old_root``; the
-    same path when the roots are one)."""
-    try:
-        return str(new_root / Path(path).relative_to(old_root))
-    except ValueError:
-        return str(Path(path))
-
-
-SELECT_FEW_IMAGES = 20        # train.select = "best" on fewer held-out images says its choice is noisy
-SELECT_COMPARE_MAX = 100      # held-out images on which the best epoch and the last are compared, at most
-SELECT_BOOTSTRAP = 200        # bootstrap draws of that comparison
-
-
-class Selector:
-    """``train.select``: with "best", scores the model after every epoch (:meth:`Method.validation_score` on the
-    first ``train.select_images`` held-out normal images), keeps the best one's state in ``best.pt``, and when
-    training ends brings it back if it beats the last epoch's beyond the noise (:meth:`restore`); with "last",
-    nothing. The scoring time counts toward ``train.max_minutes``."""
-
-    def __init__(self, method: Method, config: dict[str, Any], run_dir: Path, samples, val_idx: list[int]):
-        t = config["train"]
-        self.method, self.run_dir, self.path = method, run_dir, run_dir / "best.pt"
-        self.active = t["select"] == "best"
-        self.best: dict[str, float] | None = None          # {"epoch", "score"} of the model in best.pt
-        if not self.active:
-            return
-        if not method.can_validate:
-            raise ConfigError(f'train.select = "best": {method.app} has no validation score to select an epoch by; '
-                              f'use train.select = "last"')
-        if not val_idx:
-            raise ConfigError('train.select = "best" scores every epoch on held-out normal images, and '
-                              'train.val_fraction holds out none; raise train.val_fraction or use '
-                              'train.select = "last"')
-        # (read only when selecting: a "last" run reads the held-out images once, after training)
-        self.all_images, self.seed = [samples[i].image for i in val_idx], int(t["seed"])
-        self.images = self.all_images[: int(t["select_images"])]
-        few = (f"; only {len(self.images)}, so the choice is noisy (raise train.val_fraction)"
-               if len(self.images) < SELECT_FEW_IMAGES else "")
-        log(run_dir, f"train.select = best: every epoch's model is scored on {len(self.images)} held-out normal "
-                     f"images{few}")
-
-    def resume(self, best: dict[str, float] | None) -> None:
-        if not self.active or best is None:
-            return
-        if self.path.is_file():
-            self.best = dict(best)
-        else:
-            log(self.run_dir, f"warning: {self.path} is missing, so the best model before this resume is lost; "
-                              f"train.select = best chooses among the epochs from here on")
-
-    def after_epoch(self, record: dict[str, Any]) -> None:
-        """Score the model of the epoch that ``record`` ends; record the score; keep the model when it is the best."""
-        if not self.active:
-            return
-        t0 = time.perf_counter()
-        self.method.train(False)
-        v = self.method.validation_score(self.images)
-        score, what = v.score, v.what
-        record["select"] = score
-        best = self.best is None or score > self.best["score"]
-        if best:
-            self.best = {"epoch": record["epoch"], "score": score}
-            save_checkpoint(self.path, {"app": self.method.app, "state": self.method.state_dict(), **self.best})
-        log(self.run_dir, f"epoch {record['epoch']}: {what} {100 * score:.1f}"
-                          f"{' (best so far, kept in ' + self.path.name + ')' if best else ''} "
-                          f"[{time.perf_counter() - t0:.0f} s]")
-
-    def restore(self, history: list[dict[str, Any]]) -> float:
-        """The model to keep when training ends; returns its epoch. The best-scoring epoch's model (``best.pt``) is
-        kept only when, scored again on all held-out images (at most ``SELECT_COMPARE_MAX``; fresh images temper
-        the luck of the maximum), it beats the last epoch's by more than twice the standard error of the
-        difference (a paired bootstrap over the images); otherwise the last, longest-trained model stays."""
-        last = history[-1]["epoch"] if history else 0
-        if not self.active or self.best is None or self.best["epoch"] == last:
-            return last
-        from ssmad.scoring import bootstrap_difference
-
-        t0 = time.perf_counter()
-        images = self.all_images[:SELECT_COMPARE_MAX]
-        last_state = copy.deepcopy(self.method.state_dict())
-        v_last = self.method.validation_score(images)
-        self.method.load_state_dict(load_checkpoint(self.path, self.method.app)["state"])
-        v_best = self.method.validation_score(images)
-        gap, se = v_best.score - v_last.score, 0.0
-        if v_best.grouped is not None and v_last.grouped is not None:
-            gap, se = bootstrap_difference(v_best.grouped, v_last.grouped, SELECT_BOOTSTRAP, self.seed)
-        what = v_best.what if v_best.what == v_last.what else f"best: {v_best.what}; last: {v_last.what}"
-        how = (f"on {len(images)} held-out images it scores {100 * gap:+.1f} ± {100 * se:.1f} (paired bootstrap) "
-               f"against the last epoch's ({what}) [{time.perf_counter() - t0:.0f} s]")
-        if gap > 2 * se:
-            log(self.run_dir, f"train.select = best: the model of epoch {self.best['epoch']} is kept, not the last "
-                              f"one (epoch {last}): {how}")
-            return self.best["epoch"]
-        self.method.load_state_dict(last_state)
-        log(self.run_dir, f"train.select = best: the last epoch's model (epoch {last}) is kept: the best-scoring one "
-                          f"(epoch {self.best['epoch']}) is not better by more than twice the standard error; {how}")
-        return last
-
-
-def decision_thresholds(scores: np.ndarray, maps: np.ndarray, q: float) -> dict[str, float]:
-    """Image and pixel thresholds from normal validation images: the ``q`` quantile of their scores/pixels."""
-    flat = maps.reshape(-1)
-    if flat.size > 4_000_000:
-        flat = np.random.default_rng(0).choice(flat, 4_000_000, replace=False)
-    return {"image": float(np.quantile(scores, q)), "pixel": float(np.quantile(flat, q)),
-            "pixel_low": float(np.quantile(flat, 0.5)), "quantile": q}
-
-
-@torch.no_grad()
-def infer(method: Method, samples, indices: list[int] | None = None, batch_size: int = 8,
-          progress: str | None = None):
-    """Scores (N,) and maps (N, H, W) float32 of ``samples[indices]``, the branch maps a method reports in
-    ``AnomalyOutput.extras`` (name → (N, H, W)), and timing plus the ground-truth masks (N, H, W) bool
-    (``info["masks"]``), read with the images so that evaluation does not load them again."""
-    method.train(False)
-    ds = Images(samples, indices)
-    dl = loader(ds, batch_size, shuffle=False, workers=0)
-    scores, maps, masks, extras = [], [], [], {}
-    seconds = 0.0
-    done = 0
-    last = time.perf_counter()
-    for batch in dl:
-        images = batch["image"].to(method.device)
-        t0 = time.perf_counter()
-        out = method.predict(images)
-        if method.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        scores.append(out.score.float().cpu().numpy())
-        maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
-        masks.append(batch["mask"][:, 0].numpy() > 0.5)
-        for name, m in out.extras.items():
-            extras.setdefault(name, []).append(m[:, 0].float().cpu().numpy())
-        done += len(images)
-        if progress and time.perf_counter() - last > 10:
-            last = time.perf_counter()
-            print(f"{progress}: {done}/{len(ds)} images", file=sys.stderr, flush=True)
-    n = max(1, len(ds))
-    return (np.concatenate(scores) if scores else np.zeros(0, np.float32),
-            np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32),
-            {k: np.concatenate(v) for k, v in extras.items()},
-            {"seconds": seconds, "per_image_s": seconds / n, "batch_size": batch_size,
-             "masks": np.concatenate(masks) if masks else np.zeros((0, 1, 1), bool)})

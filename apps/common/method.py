@@ -16,6 +16,11 @@ from ssmad.core import AnomalyOutput, Sample
 from .config import build_role
 
 
+class UnfittedWarning(RuntimeWarning):
+    """A method scores with statistics that are not fitted (a checkpoint of a training that did not finish, or no
+    held-out normal images) and says what it does instead."""
+
+
 @dataclass
 class Validation:
     """What :meth:`Method.validation_score` returns: the ``score`` (higher is better), ``what`` it is (for the log)

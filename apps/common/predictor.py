@@ -26,9 +26,9 @@ class Prediction:
     path: Path
     score: float | None = None
     anomalous: bool | None = None
-    anomaly_map: np.ndarray | None = None
-    branches: dict[str, np.ndarray] = field(default_factory=dict)
-    image: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    branches: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
     error: str | None = None
 
 
@@ -83,7 +83,7 @@ def predict_files(method, files: Sequence[Path], threshold: float | None, branch
             r.anomaly_map = to_size(maps[i], hw)
             r.branches = {n: to_size(m[i], hw) for n, m in extras.items()}
             r.score = float(score)
-            r.anomalous = None if threshold is None else flagged(r.score, threshold)
+            r.anomalous = None if threshold is None else bool(flagged(r.score, threshold))
 
     if todo:
         try:

@@ -182,3 +182,11 @@ def load_checkpoint(path: str | Path, app: str | None = None) -> dict[str, Any]:
     if app is not None and ckpt.get("app") != app:
         raise CheckpointError(f"{path}: this checkpoint is from apps.{ckpt.get('app')}, not apps.{app}")
     return ckpt
+
+
+def log(run_dir: Path | None, line: str) -> None:
+    """Print ``line`` and append it to ``RUN/train.log``."""
+    print(line, flush=True)
+    if run_dir is not None:
+        with open(run_dir / "train.log", "a") as fh:
+            fh.write(line + "\n")

@@ -60,7 +60,7 @@ def test_train_writes_run_and_report(smoke_run):
 
 def test_by_defect_type_needs_two_types_and_normal_images():
     """Each defect type is scored against all normal images; with one type (or no normal image) there is no table."""
-    from apps.common.cli import by_defect_type
+    from apps.common.evaluate import by_defect_type
 
     labels = np.array([0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.9, 0.15, 0.3])
@@ -212,7 +212,7 @@ def test_report_decisions_use_the_runs_threshold(smoke_run):
     row = json.loads((run / "report" / "decisions.json").read_text())["categories"]["brick"]
     assert "0.99 quantile" in (run / "report" / "decisions.md").read_text()
     from apps.common.data import open_data
-    from apps.common.engine import infer
+    from apps.common.inference import infer
 
     method, ckpt = APP.load_method(run, torch.device("cpu"))
     assert row["threshold"] == pytest.approx(ckpt["thresholds"]["image"])

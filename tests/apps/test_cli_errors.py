@@ -170,13 +170,15 @@ def test_unfinished_run_says_so_in_one_line(run, tmp_path, run_app):
 def test_warnings_are_one_plain_line_each(monkeypatch, run_app):
     from ssmad.scoring import MetricUndefinedWarning
 
-    def noisy(args):
+    def noisy(app, args, state, unfinished):
         for _ in range(3):
             warnings.warn("pixel_ap undefined: no masks", MetricUndefinedWarning, stacklevel=2)
             warnings.warn("something odd", RuntimeWarning, stacklevel=2)
         return 0
 
-    monkeypatch.setattr(APP, "cmd_components", noisy)
+    import apps.common.cli as cli
+
+    monkeypatch.setitem(cli.VERBS, "components", noisy)
     code, _, err = run_app(APP, "components")
     assert code == 0
     assert lines(err) == ["note: pixel_ap undefined: no masks", "warning: something odd"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from apps.common.data import split_validation
-from apps.common.engine import SPLIT_FILE, check_split, write_split
+from apps.common.split import SPLIT_FILE, check_split, write_split
 from ssmad.core import DataError
 
 
@@ -83,7 +83,7 @@ def test_a_moved_dataset_is_followed_from_the_root_stored_with_the_split(tmp_pat
 
 
 def test_a_resume_notes_training_images_that_changed(tmp_path):
-    from apps.common.engine import check_resumed_split
+    from apps.common.split import check_resumed_split
     from ssmad.datasets import open_dataset
 
     def opened():

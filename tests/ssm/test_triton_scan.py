@@ -86,7 +86,7 @@ def test_auto_uses_triton_for_cuda_tensors_after_its_check(monkeypatch):
     """``auto`` asks for the check once per device; a device where it fails gets a warning and ``torch``."""
     device = torch.device(DEVICE)
     cuda_like = types.SimpleNamespace(is_cuda=True, device=device)   # in the interpreter, CPU tensors stand in
-    monkeypatch.setattr("ssmad.ssm.scan.mamba_ssm_available", lambda: False)
+    monkeypatch.setattr("ssmad.ssm.auto.mamba_ssm_available", lambda: False)
     assert triton_usable(device) and triton_status(device) == "available"
     assert AutoScan().backend_for(cuda_like) == "triton"
     if DEVICE == "cuda":

@@ -13,19 +13,18 @@ Registered components: ``scan``/``reference``, ``scan``/``torch``, ``scan``/``cp
 mamba_ssm imports) and ``mixer``/``vim``.
 """
 
+from .auto import AutoScan, scan_device_problem
 from .cpu_kernel import cpu_kernel_available, cpu_kernel_status, selective_scan_cpu
 from .encoder import DropPath, RMSNorm, ViMBlock, ViMEncoder, map_to_tokens, tokens_to_map
 from .mixer import BiMambaMixer, causal_conv1d, causal_conv1d_available, resolve_scan
 from .scan import (
-    AutoScan,
     mamba_ssm_available,
-    scan_device_problem,
     selective_scan_mamba,
     selective_scan_reference,
     selective_scan_torch,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AutoScan", "BiMambaMixer", "DropPath", "RMSNorm", "ViMBlock", "ViMEncoder", "causal_conv1d",

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ssmad.core import ConfigError
 
-from .scan import KernelScan, _check, _compute_dtype
+from .ops import KernelScan, _check, _compute_dtype
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
 
@@ -242,7 +242,7 @@ def _run(fn, openmp: bool, parts: int, *args) -> None:
 
 
 class _CpuCore:
-    """The compiled kernel as a :class:`~ssmad.ssm.scan.KernelScan` core: float32 or float64 arithmetic, channel
+    """The compiled kernel as a :class:`~ssmad.ssm.ops.KernelScan` core: float32 or float64 arithmetic, channel
     ranges on ``torch.get_num_threads()`` threads."""
 
     @staticmethod

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ssmad.core import ConfigError, UnknownComponentError
 
-from .scan import AutoScan, scan_device_problem
+from .auto import AutoScan, scan_device_problem
 
 __all__ = ["BiMambaMixer", "causal_conv1d", "causal_conv1d_available", "resolve_scan"]
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from ssmad.core import ConfigError, configclass, field, hookimpl, non_empty, positive
 
-from .scan import AutoScan, mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
+from .auto import AutoScan
+from .scan import mamba_ssm_available, selective_scan_mamba, selective_scan_reference, selective_scan_torch
 
 
 @configclass

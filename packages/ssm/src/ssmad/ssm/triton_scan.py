@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ssmad.core import ConfigError
 
-from .scan import KernelScan, _check
+from .ops import KernelScan, _check
 
 __all__ = ["selective_scan_triton", "triton_available", "triton_interpreting", "triton_status", "triton_usable"]
 
@@ -230,7 +230,7 @@ def _grid(u: Tensor) -> tuple[int, int]:
 
 
 class _TritonCore:
-    """The two kernels as a :class:`~ssmad.ssm.scan.KernelScan` core (float32 arithmetic)."""
+    """The two kernels as a :class:`~ssmad.ssm.ops.KernelScan` core (float32 arithmetic)."""
 
     @staticmethod
     def dtype(u: Tensor) -> torch.dtype:

@@ -49,12 +49,14 @@ from ssmad.core import AnomalyOutput, ConfigError, Sample
 from ssmad.heads.losses import dice_loss, focal_loss
 from ssmad.scoring import GroupedAP, MeanSquared
 
-from ..common.config import NUMBER, build_role, component, optional_value, section_value
+from ..common.config import build_role, component
 from ..common.data import LazyImages
 from ..common.method import Method, UnfittedWarning, Validation
+from ..common.settings import read_section
+from .settings import AUTO_WEIGHTS, REFINER_INPUTS, ALMRRSettings
 
-REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
-AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
+__all__ = ["ALMRR", "AUTO_WEIGHTS", "REFINER_INPUTS"]
+
 AUTO_REPEATS = 2                                       # synthetic anomalies per held-out image for that choice
 AUTO_MAX_IMAGES = 100                                  # held-out images it uses at most (a random subset already)
 AUTO_FEW_IMAGES = 20                                   # below this many the log says the choice is noisy
@@ -67,13 +69,9 @@ def _pixel_ap(mask: torch.Tensor, amap: torch.Tensor) -> float:
     return float(evaluate(None, None, mask, amap, ["pixel_ap"])["pixel_ap"])
 
 
-def _is_weight(value: Any) -> bool:
-    """A distance weight: a finite number >= 0 (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
-
-
 class ALMRR(Method):
     app = "almrr"
+    settings = ALMRRSettings
     alternatives = {
         "backbone": ["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "vgg19", "efficientnet_lite0"],
         "reconstructor": ["vim", "cnn1x1", "cnn3x3", "transformer"],
@@ -88,14 +86,11 @@ class ALMRR(Method):
         from ssmad.backbones import concat_stages
 
         self.concat_stages = concat_stages
-        m = config["method"]
-        self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
-        self.feature_size = section_value(config, "method", "feature_size", int, lambda v: v >= 4,
-                                          "an integer >= 4")
-        self.lambdas = {k: float(optional_value(config, "method", f"lambda_{k}", 1.0, NUMBER, lambda v: v >= 0,
-                                                "a number >= 0")) for k in ("rec", "focal", "dice")}
-        self.gamma = float(optional_value(config, "method", "focal_gamma", 2.0, NUMBER, lambda v: v >= 0,
-                                          "a number >= 0"))
+        m = read_section(ALMRRSettings, config, "method")
+        self.image_size = int(config["data"]["image_size"])
+        self.feature_size = m.feature_size
+        self.lambdas = {"rec": m.lambda_rec, "focal": m.lambda_focal, "dice": m.lambda_dice}
+        self.gamma = m.focal_gamma
         # for scoring, the backbone's weights come from the checkpoint: no weights file or download is needed
         backbone = build_role(config, "backbone", unweighted=not for_training)
         if backbone is None:
@@ -106,12 +101,7 @@ class ALMRR(Method):
                                                    feature_size=self.feature_size)
         if self.modules["reconstructor"] is None:
             raise ConfigError("pipeline.reconstructor: ALMRR needs a reconstructor")
-        # runs stored before the option existed used the paper's two channel means
-        self.refiner_inputs = list(m.get("refiner_inputs", REFINER_INPUTS[:2]))
-        if (not self.refiner_inputs or len(set(self.refiner_inputs)) != len(self.refiner_inputs)
-                or any(k not in REFINER_INPUTS for k in self.refiner_inputs)):
-            raise ConfigError(f"config: method.refiner_inputs must be a list of distinct names from "
-                              f"{list(REFINER_INPUTS)}, got {m.get('refiner_inputs')!r}")
+        self.refiner_inputs = list(m.refiner_inputs)
         refiner = build_role(config, "refiner", in_channels=len(self.refiner_inputs), out_channels=2)
         if refiner is not None:
             self.modules["refiner"] = refiner
@@ -131,17 +121,13 @@ class ALMRR(Method):
         self.distance_norm = build_role(config, "distance_norm")
         self.distance_smooth = build_role(config, "distance_smooth")
         self.distance_scale = build_role(config, "distance_scale")
-        # runs stored before the option existed: the refined map alone
-        self.auto_weight = m.get("distance_weight") == "auto"
-        self.weight_candidates = self._candidates(m.get("distance_weight_candidates", list(AUTO_WEIGHTS)))
+        self.auto_weight = m.distance_weight == "auto"
+        self.weight_candidates = list(m.distance_weight_candidates)
         self.weight_choice: dict[str, Any] | None = None     # what "auto" chose, and the pixel AP of each candidate
-        self.distance_weight = 0.0 if self.auto_weight or "distance_weight" not in m else float(section_value(
-            config, "method", "distance_weight", (int, float), _is_weight, 'a number >= 0 or "auto"'))
+        self.distance_weight = 0.0 if self.auto_weight else float(m.distance_weight)
         # the image score's own weight (None: the map's): the refined map localises what the refiner finds, the
-        # distance ranks images (runs stored before the option existed scored the map)
-        image_weight = optional_value(config, "method", "image_distance_weight", "map", (int, float, str),
-                                      lambda v: v == "map" or _is_weight(v), 'a number >= 0 or "map"')
-        self.image_weight = None if image_weight == "map" else float(image_weight)
+        # distance ranks images
+        self.image_weight = None if m.image_distance_weight == "map" else float(m.image_distance_weight)
         if self._scaled and self.distance_scale is None:
             raise ConfigError("method.distance_weight > 0 or \"auto\" (or method.image_distance_weight > 0) adds the "
                               "scaled distance map to the refined map and needs the pipeline.distance_scale role "
@@ -171,13 +157,6 @@ class ALMRR(Method):
     def train(self, mode: bool = True) -> None:
         super().train(mode)
         self.modules["backbone"].eval()
-
-    @staticmethod
-    def _candidates(value: Any) -> list[float]:
-        if not isinstance(value, list) or not value or not all(map(_is_weight, value)):
-            raise ConfigError(f"config: method.distance_weight_candidates must be a non-empty list of numbers >= 0, "
-                              f"got {value!r}")
-        return sorted({float(v) for v in value})
 
     # -- data -------------------------------------------------------------------------------------------------
     def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:

@@ -41,12 +41,12 @@ def load_config(app_dir: Path, preset: str | None, config_file: str | None, over
 
 
 def check_known_keys(config: dict[str, Any], base: dict[str, Any]) -> None:
-    """[data] and [method] may hold only the keys of the app's pipeline.toml (a misspelt key would otherwise be
-    stored and silently ignored); [train] is checked by :func:`check_config`, pipeline entries by their
-    components."""
+    """[data] may hold only the keys of the app's pipeline.toml (a misspelt key would otherwise be stored and
+    silently ignored); [train] is checked by :func:`check_config`, [method] by the method's settings class,
+    pipeline entries by their components."""
     from ssmad.core import suggest
 
-    for section in ("data", "method"):
+    for section in ("data",):
         allowed = list(base.get(section, {}))
         unknown = [k for k in config.get(section, {}) if k not in allowed]
         if unknown:
@@ -107,25 +107,6 @@ def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict
     return out
 
 
-NUMBER = (int, float)
-#: train.select: keep the last epoch's model, or the epoch whose model scores best on held-out normal images with
-#: synthetic anomalies (methods with Method.validation_score only)
-SELECT = ("last", "best")
-TRAIN_KEYS = {  # key: (types, predicate, description)
-    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
-    "batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "eval_batch_size": (int, lambda v: v >= 1, "an integer >= 1"),
-    "lr": (NUMBER, lambda v: v > 0, "a number > 0"),
-    "weight_decay": (NUMBER, lambda v: v >= 0, "a number >= 0"),
-    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
-    "val_fraction": (NUMBER, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "threshold_quantile": (NUMBER, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "workers": (int, lambda v: v >= 0, "an integer >= 0"),
-    "log_every_s": (NUMBER, lambda v: v >= 0, "a number >= 0"),
-    "max_minutes": (NUMBER, lambda v: v >= 0, "a number >= 0 (0: no time limit)"),
-    "select": (str, lambda v: v in SELECT, f"one of {', '.join(repr(v) for v in SELECT)}"),
-    "select_images": (int, lambda v: v >= 1, "an integer >= 1"),
-}
 #: what a resume may change, with ``--set``, ``--epochs`` or an edit of config.toml (the rest of a run's stored
 #: configuration is what it was trained with)
 RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
@@ -135,19 +116,23 @@ TRAIN_DEFAULTS = {"select": "last", "select_images": 32}
 
 
 def check_config(config: dict[str, Any]) -> None:
+    """The sections exist, ``[train]`` is valid (:class:`~apps.common.settings.TrainSettings`), ``[data]`` names a
+    dataset and an image size, every pipeline entry has a role, kind and name; a ConfigError naming the key
+    otherwise. Keys a stored configuration lacks get their old values (:data:`TRAIN_DEFAULTS`)."""
+    from .settings import TrainSettings, read_section
+
     for section in SECTIONS:
         if section not in config:
             raise ConfigError(f"config: missing section [{section}]")
     for key, value in TRAIN_DEFAULTS.items():
         config["train"].setdefault(key, value)
-    for key, (types, check, what) in TRAIN_KEYS.items():
-        section_value(config, "train", key, types, check, what)
-    unknown = [k for k in config["train"] if k not in TRAIN_KEYS]
-    if unknown:
-        from ssmad.core import suggest
-        raise ConfigError(f"config: unknown key train.{unknown[0]}; allowed: {suggest(unknown[0], TRAIN_KEYS)}")
-    section_value(config, "data", "spec", str, None, "a string KIND:PATH")
-    section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
+    read_section(TrainSettings, config, "train")
+    data = config["data"]
+    if not isinstance(data.get("spec"), str):
+        raise ConfigError(f"config: data.spec must be a string KIND:PATH, got {data.get('spec')!r}")
+    size = data.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+        raise ConfigError(f"config: data.image_size must be an integer >= 32, got {size!r}")
     for entry in config["pipeline"]:
         for key in ("role", "kind", "name"):
             if key not in entry:
@@ -217,24 +202,3 @@ def build_role(config: dict[str, Any], role: str, unweighted: bool = False, **ex
         raise UnknownComponentError(f"pipeline.{role}.name: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"pipeline.{role}: {exc}") from None
-
-
-def optional_value(config: dict[str, Any], section: str, key: str, default: Any, types: type | tuple[type, ...],
-                   check=None, what: str = "") -> Any:
-    """:func:`section_value` of a key that configurations may lack (stored before it existed): ``default`` then."""
-    if key not in config[section]:
-        return default
-    return section_value(config, section, key, types, check, what)
-
-
-def section_value(config: dict[str, Any], section: str, key: str, types: type | tuple[type, ...],
-                  check=None, what: str = "") -> Any:
-    """A value of [section] with a type check and an optional predicate; errors name ``section.key``."""
-    if key not in config[section]:
-        raise ConfigError(f"config: missing {section}.{key}")
-    value = config[section][key]
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise ConfigError(f"config: {section}.{key} must be {what or types}, got {value!r}")
-    if not isinstance(value, types) or (check is not None and not check(value)):
-        raise ConfigError(f"config: {section}.{key} must be {what or types}, got {value!r}")
-    return value

@@ -54,6 +54,8 @@ class Method(ABC):
     """
 
     app: str = ""
+    #: the attrs class of the method's ``[method]`` section (``apps.common.settings``), or None
+    settings: type | None = None
     #: the components that can fill each pipeline role (listed by ``components``); every role of the app's
     #: pipeline.toml has an entry (an empty list: the default is the only working choice)
     alternatives: dict[str, list[str]] = {}

@@ -24,6 +24,7 @@ from .runs import (
     remove_stale_temporaries,
     write_config,
 )
+from .settings import read_section
 
 if TYPE_CHECKING:
     from .app import App
@@ -125,6 +126,8 @@ def new_config(app: App, opts: TrainOptions) -> dict[str, Any]:
             overrides.append(f"{key}={value}")
     config = opts.data.apply(load_config(app.app_dir, preset, opts.config, overrides))
     check_config(config)
+    if app.method_cls.settings is not None:   # a misspelt or bad [method] key: before any data is read
+        read_section(app.method_cls.settings, config, "method")
     anchor_paths(config)   # stored absolute: test and --resume find the data and files from any directory
     return config
 

@@ -35,8 +35,10 @@ from torch import nn
 from ssmad.core import AnomalyOutput, ConfigError
 from ssmad.heads.losses import ssim
 
-from ..common.config import NUMBER, build_role, component, optional_value, section_value
+from ..common.config import build_role, component
 from ..common.method import Method, fused_if_possible
+from ..common.settings import read_section
+from .settings import VMPFDSettings
 
 
 class Adapter(nn.Sequential):
@@ -70,40 +72,19 @@ class VMPFD(Method):
                     # one working choice each (a role is switched off with enabled = false where optional)
                     "density": [], "smooth_global": [], "norm_local": [], "norm_global": [], "fusion": []}
     branch_maps = ("local", "global")
+    settings = VMPFDSettings
 
     def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):
         super().__init__(config, device, for_training)
-        m = config["method"]
-        self.image_size = section_value(config, "data", "image_size", int, lambda v: v >= 32, "an integer >= 32")
-        self.grid = section_value(config, "method", "grid", int, lambda v: v >= 1, "an integer >= 1")
-        adapter_dim = section_value(config, "method", "adapter_dim", int, lambda v: v >= 1, "an integer >= 1")
-        self.local_features = section_value(config, "method", "local_features", str,
-                                            lambda v: v in ("sum", "concat", "pdn", "fused"),
-                                            '"sum", "concat" or "pdn"')
-        if self.local_features == "fused":  # runs from ssmad-apps <= 0.2.2, where "fused" meant concatenation
-            self.local_features = "concat"
-        # runs stored before the log-volume term existed trained without it
-        self.lambda_volume = (section_value(config, "method", "lambda_volume", (int, float), lambda v: v >= 0,
-                                            "a number >= 0") if "lambda_volume" in m else 0.0)
-        # the PDN may see a smaller image
-        self.pdn_size = optional_value(config, "method", "pdn_input_size", 0, int, lambda v: v == 0 or v >= 32,
-                                       "0 (the image size) or an integer >= 32") or self.image_size
+        m = read_section(VMPFDSettings, config, "method")
+        self.image_size = int(config["data"]["image_size"])
+        self.grid, adapter_dim, self.local_features = m.grid, m.adapter_dim, m.local_features
+        self.lambda_volume, self.lambda_mse, self.lambda_ssim = m.lambda_volume, m.lambda_mse, m.lambda_ssim
+        self.pdn_size = m.pdn_input_size or self.image_size   # the PDN may see a smaller image
         self.pdn_cache: dict[str, torch.Tensor] = {}  # pooled PDN features of the training images (frozen PDN)
-        self.lambda_mse = float(optional_value(config, "method", "lambda_mse", 5.0, NUMBER, lambda v: v >= 0,
-                                               "a number >= 0"))
-        self.lambda_ssim = float(optional_value(config, "method", "lambda_ssim", 1.0, NUMBER, lambda v: v >= 0,
-                                                "a number >= 0"))
         # the PDN's distillation (when it has no weights file), checked before any training starts
-        self.distill = {
-            "teacher": optional_value(config, "method", "distill_teacher", "efficientnet_lite0", str, None,
-                                      "a backbone name"),
-            "steps": optional_value(config, "method", "distill_steps", 2000, int, lambda v: v >= 1,
-                                    "an integer >= 1"),
-            "batch_size": optional_value(config, "method", "distill_batch_size", 8, int, lambda v: v >= 1,
-                                         "an integer >= 1"),
-            "lr": float(optional_value(config, "method", "distill_lr", 5e-4, NUMBER, lambda v: v > 0,
-                                       "a number > 0")),
-        }
+        self.distill = {"teacher": m.distill_teacher, "steps": m.distill_steps, "batch_size": m.distill_batch_size,
+                        "lr": m.distill_lr}
         # the PDN's weights come from the checkpoint when scoring, not from its file
         pdn = build_role(config, "pdn", unweighted=not for_training)
         if pdn is None:

@@ -1,7 +1,7 @@
 """How much of the scaled distance map an ALMRR run's refined map should get, judged on synthetic anomalies.
 
     .venv/bin/python scripts/almrr_blend.py RUN_DIR [--weights 0,0.02,0.05,0.1,0.2,0.5,1] [--repeats 2]
-                                            [--seed SEED] [--on synthetic|test] [--device cpu]
+                                            [--seed SEED] [--on synthetic|test] [--image-weight W] [--device cpu]
                                             [--data KIND:PATH [--category C] [--data-param KEY=VALUE]]
 
 ``method.distance_weight`` w makes the map refined + w · scaled distance (apps/almrr/method.py). By default
@@ -13,6 +13,9 @@ the defaults it shows what "auto" would choose for a run trained with a fixed we
 run's test split instead, to report what a weight does; choosing a weight there would tune on the test set. The
 distance is scaled by the run's fitted ``distance_scale`` when it has one, else by the app's ``distance_scale`` entry
 (the 0.9 / 0.999 quantiles) fitted on the held-out images' distance maps (what training would fit).
+
+``--image-weight W`` scores each image by refined + W · scaled distance instead of by the row's map (what
+``method.image_distance_weight = W`` does); the pixel metrics stay those of the row's map.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed of the synthetic anomalies (default: the run's train.seed, as \"auto\" uses)")
     ap.add_argument("--on", choices=("synthetic", "test"), default="synthetic",
                     help="score synthetic anomalies of the held-out images (default) or the test split")
+    ap.add_argument("--image-weight", type=float, default=None,
+                    help="image scores from refined + W x scaled distance (default: from each row's map)")
     args = ap.parse_args(argv)
     try:
         weights = _weights(args.weights)
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if args.repeats < 1:
         ap.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    if args.image_weight is not None and not (np.isfinite(args.image_weight) and args.image_weight >= 0):
+        ap.error(f"--image-weight: expected a number >= 0, got {args.image_weight}")
 
     from apps.almrr import APP
     from apps.common.config import build_role, load_config
@@ -103,12 +110,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{'the run' if fitted else 'quantiles of the held-out images'}")
     if chosen is not None:
         print(f"(the run's method.distance_weight = auto chose {chosen['weight']:g})")
+    if args.image_weight is not None:
+        print(f"image scores: refined + {args.image_weight:g} x scaled distance")
+    image_scores = None if args.image_weight is None else method.score(refined + args.image_weight * scaled).numpy()
     names = list(METRICS)
     print("| distance_weight | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for w in weights:
         amap = refined + w * scaled
-        res = evaluate(labels, method.score(amap).numpy(), masks, amap, names)
+        scores = method.score(amap).numpy() if image_scores is None else image_scores
+        res = evaluate(labels, scores, masks, amap, names)
         print(f"| {w:g} | " + " | ".join(f"{100 * res[m]:.1f}" for m in names) + " |", flush=True)
     return 0
 

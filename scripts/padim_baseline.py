@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
+    from apps.common.diagnostics import open_or_report, open_run_data, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--channels", type=int, default=200,
@@ -48,13 +48,34 @@ def main(argv: list[str] | None = None) -> int:
     if len(train_idx) < 2 or len(data.test) == 0:
         print(f"error: {args.run}: PaDiM needs at least 2 training images and a test split", file=sys.stderr)
         return 2
+    maps_np, scores_np, masks_np, (c, channels, grid, n) = padim_maps(method, data, train_idx, args.channels,
+                                                                      args.ridge)
+    labels = np.array(data.test.labels, dtype=int)
+    rows = {"all": evaluate(labels, scores_np, masks_np, maps_np)}
+    rows.update(by_defect_type("", data.test.defect_types, labels, scores_np, masks_np, maps_np))
+    names = list(METRICS)
+    print(f"{args.run}: PaDiM on the run's features ({c} of {channels} channels, {grid}×{grid} positions), fitted on "
+          f"{n} training images; test split {len(labels)} images ({int(labels.sum())} anomalous)")
+    print("| images | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for key, res in rows.items():
+        print(f"| {key.removeprefix(': ')} | " + " | ".join(f"{100 * res[m]:.1f}" for m in names) + " |")
+    return 0
+
+
+def padim_maps(method, data, train_idx: list[int], max_channels: int = 200, ridge: float = 0.01):
+    """PaDiM on the ALMRR ``method``'s features: Gaussians per position fitted on ``data.train[train_idx]``, then
+    the test split's maps (N × H × W, float32 numpy, smoothed as the run's distance), image scores (the maps'
+    maxima), masks (N × H × W bool) and ``(channels used, backbone channels, grid, training images)``."""
+    from apps.common.diagnostics import image_batches
+
     method.train(False)
     bs = method.eval_batch_size
     dev = method.device
     channels = sum(method.modules["backbone"].channels)
     keep = None
-    if channels > args.channels:
-        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(channels, args.channels, replace=False)))
+    if channels > max_channels:
+        keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(channels, max_channels, replace=False)))
 
     def features(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -75,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = total / n                                                                      # C × P
     cov = (outer - n * torch.einsum("cp,dp->pcd", mean, mean)) / (n - 1)
     c = cov.shape[-1]
-    precision = torch.linalg.inv(cov + args.ridge * torch.eye(c, dtype=cov.dtype, device=dev)).float()
+    precision = torch.linalg.inv(cov + ridge * torch.eye(c, dtype=cov.dtype, device=dev)).float()
     mean = mean.float()
     del outer, cov
 
@@ -90,19 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             amap = method.distance_smooth(amap)
         maps.append(amap[:, 0].cpu().numpy())
         scores.append(amap.flatten(1).amax(1).cpu().numpy())
-    maps_np, scores_np = np.concatenate(maps), np.concatenate(scores)
-    labels = np.array(data.test.labels, dtype=int)
-    masks_np = np.stack(masks)
-    rows = {"all": evaluate(labels, scores_np, masks_np, maps_np)}
-    rows.update(by_defect_type("", data.test.defect_types, labels, scores_np, masks_np, maps_np))
-    names = list(METRICS)
-    print(f"{args.run}: PaDiM on the run's features ({c} of {channels} channels, {grid}×{grid} positions), fitted on "
-          f"{n} training images; test split {len(labels)} images ({int(labels.sum())} anomalous)")
-    print("| images | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for key, res in rows.items():
-        print(f"| {key.removeprefix(': ')} | " + " | ".join(f"{100 * res[m]:.1f}" for m in names) + " |")
-    return 0
+    return np.concatenate(maps), np.concatenate(scores), np.stack(masks), (c, channels, grid, n)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ is a segmentation, about 0 wherever it sees nothing; defects it misses then tie 
 pixel AUROC. The scaled distance orders those pixels. ``distance_weight = "auto"`` chooses w after training, from
 ``method.distance_weight_candidates``, as the one whose map has the highest pixel AP on synthetic anomalies of the
 held-out normal images (the run's own synthesiser, seeded by ``train.seed``; never the test set): the weight helps
-a weak refined map and costs a good one, and which one a run has shows there.
+a weak refined map and costs a good one, and which one a run has shows there. ``method.fusion`` (apps/almrr/fusion.py)
+says how the two join: the sum above, or their maximum.
 
 The distance of the map is ``pipeline.distance`` (kind ``distance``): ``mse`` (‖F̂ − F‖² / C, the default) or
 ``mahalanobis`` (the residual F̂ − F whitened by its mean and covariance over the held-out normal images, fitted
@@ -53,6 +54,7 @@ from ..common.config import build_role, component
 from ..common.data import LazyImages
 from ..common.method import Method, UnfittedWarning, Validation
 from ..common.settings import read_section
+from .fusion import describe, fuse
 from .settings import AUTO_WEIGHTS, REFINER_INPUTS, ALMRRSettings
 
 __all__ = ["ALMRR", "AUTO_WEIGHTS", "REFINER_INPUTS"]
@@ -125,6 +127,7 @@ class ALMRR(Method):
         self.weight_candidates = list(m.distance_weight_candidates)
         self.weight_choice: dict[str, Any] | None = None     # what "auto" chose, and the pixel AP of each candidate
         self.distance_weight = 0.0 if self.auto_weight else float(m.distance_weight)
+        self.fusion = m.fusion
         # the image score's own weight (None: the map's): the refined map localises what the refiner finds, the
         # distance ranks images
         self.image_weight = None if m.image_distance_weight == "map" else float(m.image_distance_weight)
@@ -338,7 +341,7 @@ class ALMRR(Method):
             return [f"method.distance_weight = auto: the synthesiser made no anomaly in {what}; weight 0 (the refined "
                     f"map alone)"]
         scaled = self.distance_scale(maps["distance"])
-        ap = {w: _pixel_ap(maps["mask"], maps["refined"] + w * scaled) for w in self.weight_candidates}
+        ap = {w: _pixel_ap(maps["mask"], fuse(maps["refined"], scaled, self.fusion, w)) for w in self.weight_candidates}
         best = max(self.weight_candidates, key=lambda w: (ap[w], -w))
         self.distance_weight = best
         self.weight_choice = {"weight": best, "pixel_ap": {str(w): v for w, v in ap.items()}, "images": n_images}
@@ -365,7 +368,7 @@ class ALMRR(Method):
             what += f" (weight {self.distance_weight:g} chosen on them)"
         amap = maps["refined"]
         if scaled and self.distance_weight > 0:
-            amap = amap + self.distance_weight * self.distance_scale(maps["distance"])
+            amap = fuse(amap, self.distance_scale(maps["distance"]), self.fusion, self.distance_weight)
         if not maps["mask"].any():
             return Validation(0.0, what + ": no anomaly was made")
         # every second pixel each way: a quarter of the memory for the paired comparison, no visible loss
@@ -419,7 +422,7 @@ class ALMRR(Method):
         how = "chosen after training" if self.auto_weight and self.weight_choice is not None else (
             "auto, not chosen yet: the refined map alone" if self.auto_weight else "method.distance_weight")
         which = "" if not self.metric.needs_fit else f"{component(self.config, 'distance')['name']} "
-        note = f"map = refined + {self.distance_weight:g} x scaled {which}distance ({how})"
+        note = f"map = {describe(self.fusion, self.distance_weight, which + 'distance')} ({how})"
         if self.image_weight is not None and self.image_weight != self.distance_weight:
             note += f"; image score of refined + {self.image_weight:g} x scaled distance"
         return note
@@ -443,7 +446,7 @@ class ALMRR(Method):
             if self.distance_scale.fitted and (self.weight_choice is not None or not self.auto_weight):
                 scaled = self.distance_scale(dist)
                 if self.distance_weight > 0:
-                    amap = refined + self.distance_weight * scaled
+                    amap = fuse(refined, scaled, self.fusion, self.distance_weight)
                 if self.image_weight is not None and self.image_weight != self.distance_weight:
                     score = self.score(refined + self.image_weight * scaled)
             elif not self._warned_unscaled:

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from ..common.settings import NUMBER, is_weight, setting
+from .fusion import FUSIONS
 
 REFINER_INPUTS = ("recon_mean", "feature_mean", "distance")
 AUTO_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)   # distance_weight = "auto" chooses among these by default
@@ -26,7 +27,8 @@ class ALMRRSettings:
     """``feature_size``: the grid the backbone stages are resized to; ``lambda_*``, ``focal_gamma``: the losses;
     ``refiner_inputs``: the refiner's input channels (the paper: the two channel means); ``distance_weight``: the
     weight of the scaled distance map added to the refined map, or "auto" (chosen after training among
-    ``distance_weight_candidates``); ``image_distance_weight``: the image score's own weight, or "map" (the map's
+    ``distance_weight_candidates``); ``fusion``: how the two maps join (apps/almrr/fusion.py);
+    ``image_distance_weight``: the image score's own weight, or "map" (the map's
     score)."""
 
     feature_size: int = setting(64, int, lambda v: v >= 4, "an integer >= 4")
@@ -41,5 +43,6 @@ class ALMRRSettings:
     distance_weight_candidates: tuple[float, ...] = setting(
         AUTO_WEIGHTS, list, _candidates, "a non-empty list of numbers >= 0",
         lambda v: tuple(sorted({float(w) for w in v})))
+    fusion: str = setting("sum", str, lambda v: v in FUSIONS, f"one of {list(FUSIONS)}")
     image_distance_weight: float | str = setting("map", (int, float, str), lambda v: v == "map" or is_weight(v),
                                                  'a number >= 0 or "map"')

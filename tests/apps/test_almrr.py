@@ -108,7 +108,8 @@ def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
 
 
 def test_border_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
-    """scripts/almrr_border.py (the docs/results-mt.md border figures) runs on a finished run and refuses others."""
+    """scripts/almrr_border.py (the border figures of docs/history/results-mt.md) runs on a finished run and
+    refuses others."""
     import re
 
     script = load_script("almrr_border")
@@ -174,6 +175,53 @@ def test_blend_script_scores_weights_on_synthetic_anomalies(smoke_run, tmp_path,
     with pytest.raises(SystemExit) as exc:
         script.main([str(run), "--weights", "0,-1"])
     assert exc.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_loco_script_chooses_each_rule_without_the_type_it_scores(tmp_path, capsys, run_app, load_script):
+    """scripts/almrr_loco.py: per defect type, the run's map, the distance alone, PaDiM, the rule chosen on the other
+    types and every rule; the maps are kept in --maps and read back to the same tables; the choice for a type is
+    the best pixel AP on the others."""
+    import re
+
+    import torch
+
+    from ssmad.datasets import DEFECT_KINDS
+    from ssmad.scoring import evaluate
+
+    run = tmp_path / "run"
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", "method.distance_weight=1", "--no-test",
+                           "--out", str(run), "--device", "cpu")
+    assert code == 0, err
+    script = load_script("almrr_loco")
+    cache = tmp_path / "maps.npz"
+    assert script.main([str(run), "--maps", str(cache)]) == 0
+    first = capsys.readouterr().out
+    assert cache.is_file()
+    assert script.main([str(run), "--maps", str(cache)]) == 0
+    second = capsys.readouterr().out
+    assert second.startswith(f"maps read from {cache}") and second.split("\n", 1)[1] == first
+    kinds = re.findall(r"^### (\w+) \(", first, re.M)
+    assert sorted(kinds) == sorted(DEFECT_KINDS)
+    chosen = dict(re.findall(r"(\w+): ((?:sum|max) [0-9.]+)", first.split("without each type: ")[1].split("\n")[0]))
+    assert sorted(chosen) == sorted(kinds)
+    # the run's map is sum 1: its row is the "sum 1" row of every table
+    for block in first.split("### ")[1:]:
+        rows = dict(re.findall(r"^\| ([^|]+?) \| ([0-9. |]+) \|$", block, re.M))
+        assert rows["the run's map"] == rows["sum 1"] and len(rows["PaDiM"].split(" | ")) == 7
+    with np.load(cache) as z:
+        maps = {k: z[k] for k in z.files}
+    rows, again = script.evaluate_rows(maps, lambda m: m.flatten(1).amax(1))
+    assert again == chosen
+    for kind, rule in chosen.items():                  # the choice: the best pixel AP without that type
+        others = (maps["labels"] == 0) | ((maps["labels"] == 1) & (maps["types"] != kind))
+        masks = maps["masks"][others]
+        ap = {script.rule_name(r): evaluate(None, None, masks, script.fuse_rule(maps, script.rule_name(r))[
+            torch.from_numpy(others)].numpy(), ["pixel_ap"])["pixel_ap"] for r in script.RULES}
+        assert ap[rule] == max(ap.values())
+    run_plain = tmp_path / "plain"
+    assert run_app(APP, "train", "--preset", "smoke", "--no-test", "--out", str(run_plain), "--device", "cpu")[0] == 0
+    assert script.main([str(run_plain)]) == 2
+    assert "no fitted distance_scale" in capsys.readouterr().err
 
 
 def test_test_verb_and_predict(smoke_run, tmp_path, run_app):
@@ -547,6 +595,15 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
     torch.testing.assert_close(split.anomaly_map, blended.anomaly_map)
     torch.testing.assert_close(split.score, method.score(refined.anomaly_map + 2.0 * scaled))
     assert method.map_note().endswith("; image score of refined + 2 x scaled distance")
+    # method.fusion = "max": a pixel scores what the branch that finds it most gives it
+    with torch.no_grad():
+        method.fusion, method.image_weight = "max", None
+        either = method.predict(images)
+    torch.testing.assert_close(either.anomaly_map, torch.maximum(refined.anomaly_map, 0.5 * scaled))
+    torch.testing.assert_close(either.score, method.score(either.anomaly_map))
+    assert method.map_note().startswith("map = max(refined, 0.5 x scaled distance)")
+    with pytest.raises(Exception, match=r"method.fusion must be one of \['sum', 'max'\], got 'mean'"):
+        ALMRR(load_config(APP.app_dir, "smoke", None, ['method.fusion="mean"']), torch.device("cpu"))
     old = load_config(APP.app_dir, "smoke", None, [])
     del old["method"]["distance_weight"], old["method"]["image_distance_weight"]
     old["pipeline"] = [e for e in old["pipeline"] if e["role"] != "distance_scale"]
@@ -614,6 +671,12 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
     assert f"auto chose {choice['weight']:g}" in out
     rows = {float(w): float(cells.split(" | ")[4]) for w, cells in re.findall(r"^\| ([0-9.]+) \| (.+) \|$", out, re.M)}
     assert rows == pytest.approx({w: 100 * v for w, v in ap.items()}, abs=0.051)
+    # --image-weight: one image score for every row (what method.image_distance_weight does); pixels unchanged
+    assert load_script("almrr_blend").main([str(run), "--weights", "0.5,1", "--image-weight", "1"]) == 0
+    out = capsys.readouterr().out
+    cells = [c.split(" | ") for _, c in re.findall(r"^\| ([0-9.]+) \| (.+) \|$", out, re.M)]
+    assert "image scores: refined + 1 x scaled distance" in out and cells[0][0] == cells[1][0]
+    assert [float(c[4]) for c in cells] == pytest.approx([100 * ap[0.5], 100 * ap[1.0]], abs=0.051)
 
 
 def test_same_seed_same_training(tmp_path, run_app):
@@ -764,8 +827,8 @@ def test_select_errors(setting, needle, tmp_path, run_app):
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "cpu"])
 def test_every_preset_builds(preset):
-    """Each shipped preset passes the config checks and builds its model; the cpu preset's map uses the per-position
-    Mahalanobis distance and a distance weight chosen among non-zero candidates, its image score weight 1."""
+    """Each shipped preset passes the config checks and builds its model; the cpu preset's map is the sum of the
+    refined map and the scaled per-position Mahalanobis distance at a fixed weight 1, and scores images by itself."""
     import torch
 
     from apps.almrr.method import ALMRR
@@ -777,5 +840,5 @@ def test_every_preset_builds(preset):
     check_config(config)
     method = ALMRR(config, torch.device("cpu"))
     if preset == "cpu":
-        assert isinstance(method.metric, PositionMahalanobis) and method.auto_weight
-        assert min(method.weight_candidates) > 0 and method.image_weight == 1.0
+        assert isinstance(method.metric, PositionMahalanobis) and not method.auto_weight
+        assert (method.fusion, method.distance_weight, method.image_weight) == ("sum", 1.0, None)

@@ -5,7 +5,7 @@
 For every test image of the run's dataset: the raw distance map ‖F̂ − F‖² (feature grid), whether its maximum lies
 within ``--band-px`` input pixels of the image border, and the image AUROC of three scores: the raw map's maximum,
 its maximum with that border band left out, and the maximum after the run's fitted ``distance_norm``
-(docs/results-mt.md reports these for the Magnetic-tile-defect runs).
+(docs/history/results-mt.md reports these for the Magnetic-tile-defect runs).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
   random inputs at the paper's batch: ALMRR 4, VMPFD-AD 48), inference images/s at batch 1 and 32, and the
   latency per image at batch 1 in ms (the VMPFD-AD paper claims under 15 ms).
 
-Metrics on real data come from the apps' own ``train``/``test`` (the commands are in docs/results-mt.md; add
+Metrics on real data come from the apps' own ``train``/``test`` (the commands are in docs/history/results-mt.md; add
 ``--device cuda`` and drop ``--preset cpu`` for the paper configuration). ``scripts/gpu_session.py`` runs this
 script and ALMRR's two reconstructors on Magnetic-tile-defect in one device call, from data staged beforehand.
 ``--quick`` runs the smoke presets at a few steps each: the test suite uses it on a CPU to keep this script working.

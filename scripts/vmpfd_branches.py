@@ -11,7 +11,7 @@ distance map needs — plus the share of test images whose maximum lies within `
 For reference it also scores the local branch's own input, the frozen PDN features pooled to the method's grid,
 with three simple models in place of the mixture density network, fitted on the run's training images (100
 seeded random channels): a Gaussian per position (PaDiM-style, covariance + 0.01·I, Mahalanobis distance), one
-Gaussian for all positions, and the distance to the nearest training feature at any position. docs/results-mt.md
+Gaussian for all positions, and the distance to the nearest training feature at any position. docs/history/results-mt.md
 reports these for the Magnetic-tile-defect runs.
 """
 

@@ -154,7 +154,8 @@ def test_local_feature_modes_and_old_runs():
 
 
 def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
-    """scripts/vmpfd_branches.py (the docs/results-mt.md branch figures) runs on a finished run and refuses others."""
+    """scripts/vmpfd_branches.py (the branch figures of docs/history/results-mt.md) runs on a finished run and
+    refuses others."""
     import re
 
     script = load_script("vmpfd_branches")

@@ -460,6 +460,9 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
         assert set(method.state_dict()["extra"]) >= {"distance", "distance_norm"}
         torch.testing.assert_close(loaded.predict(other).extras["distance"], method.predict(other).extras["distance"])
     assert ALMRR(load_config(APP.app_dir, "cpu", None, []), cpu).map_note() == (
+        "map = refined + 1 x scaled position_mahalanobis distance (method.distance_weight)")
+    auto = ['method.distance_weight="auto"', "method.image_distance_weight=1"]
+    assert ALMRR(load_config(APP.app_dir, "cpu", None, auto), cpu).map_note() == (
         "map = refined + 0 x scaled position_mahalanobis distance (auto, not chosen yet: the refined map alone); "
         "image score of refined + 1 x scaled distance")
     with pytest.raises(Exception, match=r"pipeline.distance: distance 'position_mahalanobis': 1792 channels at 4096 "

@@ -3,7 +3,7 @@
 #   make test   set up .venv, then run the test suite (the command CI runs)
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench bench-speed lint
 setup:
 	@bash scripts/setup.sh
 
@@ -15,6 +15,9 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest -q benchmarks --benchmark-columns=min,median,mean,rounds
+
+bench-speed: setup
+	$(PY) benchmarks/speed.py
 
 lint: setup
 	$(PY) -m ruff check .

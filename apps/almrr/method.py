@@ -174,18 +174,18 @@ class ALMRR(Method):
     # -- model --------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.concat_stages(self.modules["backbone"](images), self.feature_size)
+        return self.concat_stages(self.run_module("backbone", images), self.feature_size)
 
     def refine(self, recon: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         parts = {"recon_mean": lambda: recon.mean(1, keepdim=True), "feature_mean": lambda: feats.mean(1, keepdim=True),
                  "distance": lambda: self.distance(recon, feats).clamp_min(1e-8).log()}  # its range spans decades
-        return self.modules["refiner"](torch.cat([parts[k]() for k in self.refiner_inputs], 1))
+        return self.run_module("refiner", torch.cat([parts[k]() for k in self.refiner_inputs], 1))
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = batch["clean"].shape[0]
         both = self.features(torch.cat([batch["clean"], batch["anomalous"]]))
         target, feats = both[:n], both[n:]
-        recon = self.modules["reconstructor"](feats)
+        recon = self.run_module("reconstructor", feats)
         l_rec = F.mse_loss(recon, target)
         out = {"rec": l_rec}
         loss = self.lambdas["rec"] * l_rec
@@ -220,14 +220,14 @@ class ALMRR(Method):
     def raw_distance(self, images: torch.Tensor) -> torch.Tensor:
         """The feature distance of images before any normalisation, B×1×S×S on the feature grid."""
         feats = self.features(images)
-        return self.map_distance(self.modules["reconstructor"](feats), feats)
+        return self.map_distance(self.run_module("reconstructor", feats), feats)
 
     @torch.no_grad()
     def _residuals(self, normal_images: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
         """F̂ − F of ``normal_images``, a batch at a time (what a fitted ``pipeline.distance`` is fitted on)."""
         for i in range(0, len(normal_images), self.eval_batch_size):
             feats = self.features(torch.stack(normal_images[i:i + self.eval_batch_size]).to(self.device))
-            yield self.modules["reconstructor"](feats) - feats
+            yield self.run_module("reconstructor", feats) - feats
 
     @property
     def _scaled(self) -> bool:
@@ -434,7 +434,7 @@ class ALMRR(Method):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         feats = self.features(images)
-        recon = self.modules["reconstructor"](feats)
+        recon = self.run_module("reconstructor", feats)
         size = images.shape[-2:]
         dist = self.distance_map(self.map_distance(recon, feats), size)
         if "refiner" not in self.modules:

@@ -112,7 +112,7 @@ def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict
 RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
                "train.threshold_quantile")
 #: keys that configurations written before them lack, and their values for those configurations
-TRAIN_DEFAULTS = {"select": "last", "select_images": 32}
+TRAIN_DEFAULTS = {"select": "last", "select_images": 32, "precision": "fp32"}
 
 
 def check_config(config: dict[str, Any]) -> None:

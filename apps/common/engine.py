@@ -103,6 +103,9 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     # never sees a batch of one image
     dl = loader(items, batch_size, shuffle=True, workers=int(t["workers"]), seed=seed, drop_last=True)
     optimizer = method.make_optimizer()
+    # fp16's narrow range needs its loss scaled (bf16 has fp32's range). The scale is not checkpointed: a resumed
+    # fp16 run starts from the default scale and may skip a step or two the uninterrupted one did not
+    scaler = torch.amp.GradScaler(method.device.type, enabled=method.precision == "fp16")
     epochs = int(t["epochs"])
     start_epoch, history, train_seconds = 0, [], 0.0
     ckpt_path = run_dir / "checkpoint.pt"
@@ -150,8 +153,9 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                 raise TrainingError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
                                     f"({terms}); lower train.lr or check the data{where}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps_done += 1

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ssmad.core import AnomalyOutput, Sample
+from ssmad.core.device import autocast, resolve_precision
 
 from .config import build_role
 
@@ -31,6 +32,14 @@ class Validation:
     score: float
     what: str
     grouped: Any = None
+
+
+def _to_fp32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple | list):
+        return type(out)(_to_fp32(o) for o in out)
+    return out
 
 
 def fused_if_possible(cls: type[torch.optim.Optimizer], params, **kwargs) -> torch.optim.Optimizer:
@@ -67,6 +76,18 @@ class Method(ABC):
         self.config = config
         self.device = device
         self.modules = nn.ModuleDict()
+        # configurations stored before the key existed trained in fp32
+        self.precision = resolve_precision(str(config.get("train", {}).get("precision", "fp32")), device)
+
+    def run_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.modules[name](*args, **kwargs)`` in the method's precision (``train.precision``), its floating
+        outputs (a tensor, or tensors in a tuple or list) returned in fp32: what follows (losses, distances,
+        statistics) computes in fp32 whatever the network ran in."""
+        if self.precision == "fp32":
+            return self.modules[name](*args, **kwargs)
+        with autocast(self.device, self.precision):
+            out = self.modules[name](*args, **kwargs)
+        return _to_fp32(out)
 
     # -- training ---------------------------------------------------------------------------------------
     def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -139,7 +160,7 @@ class Method(ABC):
                 from ssmad.ssm.triton_scan import triton_status
 
                 text += f" (Triton kernels {triton_status(self.device)})"
-        return text
+        return text + f"; precision {self.precision}"
 
     def scan_backends(self) -> list[str]:
         """The selective-scan backends the model's Mamba mixers run on its device (``auto`` resolved); a ConfigError

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ssmad.core import ConfigError, suggest
+from ssmad.core.device import PRECISIONS
 
 T = TypeVar("T")
 NUMBER = (int, float)
@@ -78,3 +79,4 @@ class TrainSettings:
     max_minutes: float = setting(0, NUMBER, lambda v: v >= 0, "a number >= 0 (0: no time limit)")
     select: str = setting("last", str, lambda v: v in SELECT, f"one of {', '.join(repr(v) for v in SELECT)}")
     select_images: int = setting(32, int, lambda v: v >= 1, "an integer >= 1")
+    precision: str = setting("fp32", str, lambda v: v in PRECISIONS, f"one of {', '.join(map(repr, PRECISIONS))}")

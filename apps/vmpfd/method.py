@@ -182,7 +182,7 @@ class VMPFD(Method):
         if self.pdn_size != images.shape[-1]:
             images = F.interpolate(images, size=(self.pdn_size, self.pdn_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return F.adaptive_avg_pool2d(self.modules["pdn"](images)[0], self.grid)
+        return F.adaptive_avg_pool2d(self.run_module("pdn", images)[0], self.grid)
 
     def train_item(self, sample, rng) -> dict[str, torch.Tensor]:
         item = {"image": sample.image}
@@ -202,7 +202,7 @@ class VMPFD(Method):
         return t, log_volume
 
     def forward_maps(self, images: torch.Tensor, pdn: torch.Tensor | None = None):
-        recon, latent = self.modules["autoencoder"](images)
+        recon, latent = self.run_module("autoencoder", images)
         t, log_volume = self.local_input(images, latent, pdn)
         return recon, self.modules["density"].nll(t), log_volume / t.shape[1] if log_volume is not None else None
 

@@ -85,7 +85,7 @@ def test_describe_says_why_the_cpu_falls_back_to_the_slower_scan(monkeypatch):
     monkeypatch.setitem(ck._state, "why", "no C++ compiler found (install g++ or clang++, or set CXX)")
     method = ALMRR(load_config(APP.app_dir, "smoke", None, []), torch.device("cpu"))
     assert method.describe().endswith("; selective scan torch (compiled CPU kernel unavailable: no C++ compiler "
-                                      "found (install g++ or clang++, or set CXX))")
+                                      f"found (install g++ or clang++, or set CXX)); precision {method.precision}")
 
 
 def test_distance_norm_is_fitted_saved_and_applied(smoke_run):
@@ -445,13 +445,13 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
     normal, other = list(torch.rand(6, 3, 64, 64)), torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         feats = method.features(other)
-        recon = method.modules["reconstructor"](feats)
+        recon = method.run_module("reconstructor", feats)
         with pytest.warns(RuntimeWarning, match=r"pipeline.distance \(Mahalanobis.*not fitted.*mean squared"):
             raw = method.raw_distance(other)
         torch.testing.assert_close(raw, ALMRR.distance(recon, feats))
         method.after_training(normal)
         normal_feats = method.features(torch.stack(normal))
-        expected = Mahalanobis().fit(method.modules["reconstructor"](normal_feats) - normal_feats)
+        expected = Mahalanobis().fit(method.run_module("reconstructor", normal_feats) - normal_feats)
         torch.testing.assert_close(method.raw_distance(other), expected(recon - feats))
         assert not torch.allclose(method.raw_distance(other), raw)
         loaded = ALMRR(config, cpu)
@@ -498,11 +498,11 @@ def test_position_mahalanobis_is_fitted_on_the_training_images():
     def fitted_on(images):
         with torch.no_grad():
             f = method.features(images)
-            return PositionMahalanobis().fit(method.modules["reconstructor"](f) - f)
+            return PositionMahalanobis().fit(method.run_module("reconstructor", f) - f)
 
     with torch.no_grad():
         f = method.features(other)
-        residual = method.modules["reconstructor"](f) - f
+        residual = method.run_module("reconstructor", f) - f
         lines = method.after_training(held, train_images=LazyImages(samples, list(range(1, 9))))
         assert any("fitted on the residuals of the 8 training images" in line for line in lines)
         torch.testing.assert_close(method.metric(residual), fitted_on(train[1:])(residual))

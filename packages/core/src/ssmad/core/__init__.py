@@ -35,7 +35,7 @@ from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",

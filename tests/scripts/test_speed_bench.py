@@ -1,8 +1,10 @@
-"""benchmarks/speed.py runs and ends with the line the speed benchmark promises."""
+"""benchmarks/speed.py and profile_step.py run and print what they promise."""
 
 import importlib.util
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,3 +17,15 @@ def test_speed_benchmark_prints_its_speedup_line(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"speedup: almrr train \d+\.\d, vmpfd train \d+\.\d, almrr infer \d+\.\d, "
                         r"vmpfd infer \d+\.\d", last), last
+
+
+def test_step_profile_prints_every_part_in_both_precisions(capsys):
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--preset", "smoke", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (\w+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", out, re.M)
+    assert [r[0] for r in rows] == [*module.PARTS, "total"]
+    fp32, bf16 = (sum(float(r[i]) for r in rows[:-1]) for i in (1, 2))
+    assert float(rows[-1][1]) == pytest.approx(fp32, abs=0.004) and float(rows[-1][2]) == pytest.approx(bf16, abs=0.004)

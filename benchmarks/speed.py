@@ -27,12 +27,9 @@ import torch
 
 def build(app, precision: str, preset: str = "cpu"):
     from apps.common.config import load_config
-    from ssmad.core.device import resolve_precision
 
     config = load_config(app.app_dir, preset, None, [f'train.precision="{precision}"'])
-    method = app.method_cls(config, torch.device("cpu"), for_training=False)
-    method.precision = resolve_precision(precision, torch.device("cpu"))
-    return method, config
+    return app.method_cls(config, torch.device("cpu"), for_training=False), config
 
 
 def train_seconds(method, config, steps: int) -> float:

@@ -33,11 +33,10 @@ def rule_name(rule: tuple[str, float]) -> str:
     return f"{rule[0]} {rule[1]:g}"
 
 
-def fuse_rule(maps: dict[str, np.ndarray], name: str) -> torch.Tensor:
-    """The N × H × W map of the rule called ``name`` (:func:`rule_name`) on ``maps``' refined and scaled maps."""
+def fuse_rule(maps: dict[str, np.ndarray], rule: tuple[str, float]) -> torch.Tensor:
+    """The N × H × W map of ``rule`` (one of :data:`RULES`) on ``maps``' refined and scaled maps."""
     from apps.almrr.fusion import fuse
 
-    rule = next(r for r in RULES if rule_name(r) == name)
     return fuse(torch.from_numpy(maps["refined"]), torch.from_numpy(maps["scaled"]), *rule)
 
 
@@ -66,7 +65,7 @@ def evaluate_rows(maps: dict[str, np.ndarray], score) -> tuple[dict[str, dict], 
 
     labels, types, masks = maps["labels"], maps["types"], maps["masks"]
     scaled = torch.from_numpy(maps["scaled"])
-    fused = {rule_name(r): fuse_rule(maps, rule_name(r)) for r in RULES}
+    fused = {rule_name(r): fuse_rule(maps, r) for r in RULES}
 
     def metrics(sel: np.ndarray, amap, image_scores=None, names=None) -> dict[str, float]:
         amap = torch.as_tensor(amap)

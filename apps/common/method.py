@@ -15,6 +15,7 @@ from ssmad.core import AnomalyOutput, Sample
 from ssmad.core.device import autocast, resolve_precision
 
 from .config import build_role
+from .settings import TrainSettings, read_section
 
 
 class UnfittedWarning(RuntimeWarning):
@@ -76,8 +77,8 @@ class Method(ABC):
         self.config = config
         self.device = device
         self.modules = nn.ModuleDict()
-        # configurations stored before the key existed trained in fp32
-        self.precision = resolve_precision(str(config.get("train", {}).get("precision", "fp32")), device)
+        # (configurations stored before the key existed trained in fp32: the setting's default)
+        self.precision = resolve_precision(read_section(TrainSettings, config, "train").precision, device)
 
     def run_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """``self.modules[name](*args, **kwargs)`` in the method's precision (``train.precision``), its floating

@@ -215,7 +215,7 @@ def test_loco_script_chooses_each_rule_without_the_type_it_scores(tmp_path, caps
     for kind, rule in chosen.items():                  # the choice: the best pixel AP without that type
         others = (maps["labels"] == 0) | ((maps["labels"] == 1) & (maps["types"] != kind))
         masks = maps["masks"][others]
-        ap = {script.rule_name(r): evaluate(None, None, masks, script.fuse_rule(maps, script.rule_name(r))[
+        ap = {script.rule_name(r): evaluate(None, None, masks, script.fuse_rule(maps, r)[
             torch.from_numpy(others)].numpy(), ["pixel_ap"])["pixel_ap"] for r in script.RULES}
         assert ap[rule] == max(ap.values())
     run_plain = tmp_path / "plain"

@@ -111,21 +111,19 @@ def merge_config(base: dict[str, Any], over: dict[str, Any], where: str) -> dict
 #: configuration is what it was trained with)
 RESUME_KEYS = ("train.epochs", "train.max_minutes", "train.log_every_s", "train.workers", "train.eval_batch_size",
                "train.threshold_quantile")
-#: keys that configurations written before them lack, and their values for those configurations
-TRAIN_DEFAULTS = {"select": "last", "select_images": 32, "precision": "fp32"}
 
 
 def check_config(config: dict[str, Any]) -> None:
     """The sections exist, ``[train]`` is valid (:class:`~apps.common.settings.TrainSettings`), ``[data]`` names a
     dataset and an image size, every pipeline entry has a role, kind and name; a ConfigError naming the key
-    otherwise. Keys a stored configuration lacks get their old values (:data:`TRAIN_DEFAULTS`)."""
+    otherwise. What an older release wrote differently is upgraded first (:mod:`apps.common.migrate`)."""
+    from .migrate import upgrade_config
     from .settings import TrainSettings, read_section
 
     for section in SECTIONS:
         if section not in config:
             raise ConfigError(f"config: missing section [{section}]")
-    for key, value in TRAIN_DEFAULTS.items():
-        config["train"].setdefault(key, value)
+    upgrade_config(config)
     read_section(TrainSettings, config, "train")
     data = config["data"]
     if not isinstance(data.get("spec"), str):

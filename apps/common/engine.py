@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssmad.core import DataError, TrainingError
+from ssmad.core import DataError, TrainingError, fmt_time
 
 from .data import LazyImages, TrainItems, loader, open_data, split_validation
 from .inference import decision_thresholds, infer
@@ -58,13 +58,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch``'s data order: a function of (seed, epoch) alone, so a resumed run shuffles each
     epoch as the uninterrupted run does."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-
-
-def fmt_time(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def eta(seconds_to_last_epoch: float, budget_left_s: float, t: dict[str, Any], epochs: int) -> str:

@@ -69,18 +69,21 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
     return atomic_write_text(run_dir / CONFIG_FILE, tomli_w.dumps(_plain(config)))
 
 
-def config_edits(run_dir: Path, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def config_edits(run_dir: Path, stored: dict[str, Any], app: str | None = None) -> dict[str, tuple[Any, Any]]:
     """The keys whose value in ``RUN/config.toml`` differs from the configuration ``stored`` in a checkpoint:
     ``{"pipeline.reconstructor.name": (stored value, file value)}``, a value ``None`` where one side lacks the key
-    (pipeline entries are keyed by role). Empty when the file is absent. A ConfigError naming the file when it is
-    not valid TOML."""
+    (pipeline entries are keyed by role), both as this release reads them (written by ``app``:
+    :func:`~apps.common.migrate.upgrade_config`). Empty when the file is absent. A ConfigError naming the file when
+    it is not valid TOML."""
     from ssmad.core.files import load_toml
+
+    from .migrate import upgrade_config
 
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
-        edited = _flat(load_toml(path))
+        edited = _flat(upgrade_config(load_toml(path), app))
     except ConfigError as exc:
         raise ConfigError(f"{exc} (it records the configuration of the run in {run_dir}; restore it, or delete it "
                           f"and train --resume writes it again from the checkpoint)") from None
@@ -181,7 +184,9 @@ def load_checkpoint(path: str | Path, app: str | None = None) -> dict[str, Any]:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if app is not None and ckpt.get("app") != app:
         raise CheckpointError(f"{path}: this checkpoint is from apps.{ckpt.get('app')}, not apps.{app}")
-    return ckpt
+    from .migrate import upgrade_checkpoint
+
+    return upgrade_checkpoint(ckpt)
 
 
 def log(run_dir: Path | None, line: str) -> None:

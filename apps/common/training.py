@@ -138,11 +138,11 @@ def edited_settings(app: str, run_dir: Path, stored: dict[str, Any], verb: str) 
     is then changed): the model was built and trained with the stored values. Edits of :data:`RESUME_KEYS` are
     returned as ``--set`` items, which a resume applies (before the command line's); ``test`` and ``predict`` do not
     read them."""
-    edits = config_edits(run_dir, stored)
+    edits = config_edits(run_dir, stored, app)
     other = {k: v for k, v in edits.items() if k not in RESUME_KEYS}
     if other and verb != "resume" and (run_dir / "checkpoint.pt").is_file():
         # a resume that extends a finished run rewrites config.toml with its first new checkpoint
-        ongoing = config_edits(run_dir, load_checkpoint(run_dir / "checkpoint.pt", app)["config"])
+        ongoing = config_edits(run_dir, load_checkpoint(run_dir / "checkpoint.pt", app)["config"], app)
         if all(k in RESUME_KEYS for k in ongoing):
             other = {}
     if other:

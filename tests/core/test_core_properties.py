@@ -67,3 +67,20 @@ def test_atomic_writes_read_back_and_leave_no_temporary_file(text):
         atomic_write_text(path, text)
         assert path.read_bytes() == text.encode()
         assert [p.name for p in Path(tmp).iterdir()] == ["f.txt"]
+
+
+@given(st.floats(min_value=-1e3, max_value=1e7, allow_nan=False))
+def test_fmt_time_reads_back_as_the_whole_seconds(seconds):
+    from ssmad.core import fmt_time
+
+    parts = [int(p) for p in fmt_time(seconds).split(":")]
+    assert len(parts) in (2, 3) and all(0 <= p < 60 for p in parts[1:])
+    total = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    assert total == int(max(0.0, seconds))
+    assert (len(parts) == 3) == (total >= 3600)
+
+
+def test_fmt_time_of_an_unknown_duration():
+    from ssmad.core import fmt_time
+
+    assert fmt_time(float("inf")) == fmt_time(float("nan")) == "?"

@@ -95,8 +95,8 @@ def test_later_registration_overrides_and_records_it():
 
 def test_builtin_components_listed():
     kinds = {c.kind for c in components()}
-    assert {"scan", "mixer", "backbone", "synth", "reconstructor", "head", "dataset", "postprocess", "fusion",
-            "metric"} <= kinds
+    assert {"scan", "mixer", "backbone", "synth", "reconstructor", "autoencoder", "head", "dataset", "score",
+            "smooth", "normaliser", "fusion", "metric"} <= kinds
     names = {(c.kind, c.name) for c in components()}
     assert ("reconstructor", "vim") in names and ("backbone", "efficientnet_lite0") in names
     assert all(c.summary for c in components()), [c.name for c in components() if not c.summary]

@@ -15,7 +15,7 @@ TINY = {"d_model": 16, "decoder_widths": [8, 8, 8, 8, 4]}
 def tiny_ae(request) -> tuple[str, ImageAutoencoder]:
     torch.manual_seed(0)
     extra = {"depth": 1} if request.param == "vim_ae" else {}
-    return request.param, build("reconstructor", request.param, **TINY, **extra)
+    return request.param, build("autoencoder", request.param, **TINY, **extra)
 
 
 def test_256_input_gives_8x8_latent_and_recon_in_range(tiny_ae):
@@ -67,7 +67,7 @@ def test_default_decoder_is_six_transposed_convs_8_to_256():
 
 
 def test_other_patch_sizes():
-    ae = build("reconstructor", "cnn_ae", img_size=64, patch=8, d_model=8, decoder_widths=[4, 4, 4]).eval()
+    ae = build("autoencoder", "cnn_ae", img_size=64, patch=8, d_model=8, decoder_widths=[4, 4, 4]).eval()
     recon, latent = ae(torch.rand(1, 3, 64, 64))
     assert recon.shape == (1, 3, 64, 64) and latent.shape == (1, 8, 8, 8)
 
@@ -82,7 +82,7 @@ def test_other_patch_sizes():
 def test_config_errors(params, key):
     for name in ("vim_ae", "cnn_ae"):
         with pytest.raises(ConfigError, match=key):
-            build("reconstructor", name, **params)
+            build("autoencoder", name, **params)
 
 
 def test_input_size_must_be_a_multiple_of_the_patch(tiny_ae):

@@ -14,8 +14,8 @@ SMALL = {
     ("reconstructor", "cnn3x3"): {"in_channels": 8, "hidden": 8, "feature_size": 8, "d_model": 8, "depth": 1},
     ("reconstructor", "transformer"): {"in_channels": 8, "hidden": 8, "feature_size": 8, "d_model": 8, "depth": 1,
                                        "heads": 2},
-    ("reconstructor", "vim_ae"): {"img_size": 64, "patch": 32, "d_model": 8, "depth": 1, "decoder_widths": [4] * 5},
-    ("reconstructor", "cnn_ae"): {"img_size": 64, "patch": 32, "d_model": 8, "decoder_widths": [4] * 5},
+    ("autoencoder", "vim_ae"): {"img_size": 64, "patch": 32, "d_model": 8, "depth": 1, "decoder_widths": [4] * 5},
+    ("autoencoder", "cnn_ae"): {"img_size": 64, "patch": 32, "d_model": 8, "decoder_widths": [4] * 5},
     ("head", "refiner"): {"base_width": 2, "levels": 3},
     ("head", "mdn"): {"in_channels": 8, "hidden": 8, "bottleneck": 4},
 }
@@ -62,7 +62,7 @@ def test_mdn_requires_in_channels():
         build("head", "mdn")
 
 
-@pytest.mark.parametrize("name", ["vim", "vim_ae"])
-def test_unknown_scan_backend_is_a_config_error(name):
+@pytest.mark.parametrize(("kind", "name"), [("reconstructor", "vim"), ("autoencoder", "vim_ae")])
+def test_unknown_scan_backend_is_a_config_error(kind, name):
     with pytest.raises(ConfigError, match="scan"):
-        build("reconstructor", name, scan="no-such-scan")
+        build(kind, name, scan="no-such-scan")

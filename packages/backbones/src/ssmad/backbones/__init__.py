@@ -19,7 +19,7 @@ import importlib
 # torchvision nor timm.
 _EXPORTS = {
     "base": ("IMAGENET_MEAN", "IMAGENET_STD", "FrozenBackbone", "StageInfo", "concat_stages"),
-    "distillation": ("DistillSettings", "distill", "list_images", "make_projection", "read_image"),
+    "distillation": ("DistillSettings", "distill", "make_projection", "read_image"),
     "efficientnet": ("EfficientNetLite0Backbone", "efficientnet_lite0_classifier", "lite0_weights_path",
                      "map_lite0_state_dict"),
     "pdn": ("PDN", "PDNWeights", "pdn_output_size", "read_pdn_file", "save_pdn_weights"),
@@ -42,12 +42,12 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_WHERE))
 
 
-__version__ = "0.1.2"
+__version__ = "0.2.0"
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE0_TABLE", "PDN", "STAGE_TABLES", "DistillSettings",
     "EfficientNetLite0Backbone", "FrozenBackbone", "PDNWeights", "ResNetBackbone", "StageInfo", "VGG19Backbone",
-    "concat_stages", "distill", "efficientnet_lite0_classifier", "hub_checkpoint_dir", "list_images",
+    "concat_stages", "distill", "efficientnet_lite0_classifier", "hub_checkpoint_dir",
     "lite0_weights_path", "make_projection", "map_lite0_state_dict", "pdn_output_size", "read_image",
     "read_pdn_file", "read_state_dict", "save_pdn_weights",
 ]

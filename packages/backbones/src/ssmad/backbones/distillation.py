@@ -33,21 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from ssmad.core import CheckpointError, ConfigError, DataError, TrainingError, build
+from ssmad.core import CheckpointError, ConfigError, DataError, TrainingError, build, fmt_time
 from ssmad.core.device import resolve_device
 from ssmad.core.files import atomic_write
+from ssmad.datasets.io import list_images, load_image, resize_image
 
 from .base import concat_stages
 from .pdn import PDN, PDN_FORMAT, PDN_OUT_CHANNELS, pdn_checkpoint, pdn_output_size
 from .stages import LITE0_TABLE, STAGE_TABLES
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_STEPS = 60_000
 _DEFAULTS: dict[str, Any] = {"pdn": "small", "image_size": 256, "batch_size": 8, "lr": 1e-4,
                              "weight_decay": 1e-5, "seed": 0, "grayscale_p": 0.1}
@@ -57,62 +55,24 @@ _STRUCTURAL = ("teacher", "teacher_weights", "layers", "pdn", "image_size", "tea
 
 # ---- images --------------------------------------------------------------------------------------------------
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted); :class:`DataError` when missing or empty."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {root}")
-    return files
-
-
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file as float32 3×H×W in [0, 1]: grayscale is replicated, alpha dropped, 16-bit scaled."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode.startswith("I") or mode == "F":
-                arr = np.asarray(img).astype(np.float64)
-                if mode.startswith("I;16"):
-                    top = 65535.0
-                elif mode == "F":
-                    top = 1.0 if arr.size == 0 or arr.max() <= 1.0 else 255.0
-                else:
-                    top = 65535.0 if arr.size and arr.max() > 255 else 255.0
-                arr = np.clip(arr / top, 0.0, 1.0)
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read image {path}: {reason}") from None
-    if arr.ndim != 3 or arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise DataError(f"cannot read image {path}: unexpected size {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
-
-
-def resize_image(img: Tensor, size: int) -> Tensor:
-    """Bilinear (antialiased) resize of a 3×H×W image to size×size."""
-    if tuple(img.shape[-2:]) == (size, size):
-        return img
-    return F.interpolate(img[None], size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)[0].clamp_(0, 1)
+    """An image file as float32 3×H×W in [0, 1], decoded as the datasets decode it (EXIF orientation applied,
+    grayscale replicated, alpha dropped, 16-bit scaled); :class:`DataError` naming the file otherwise."""
+    return torch.from_numpy(load_image(path)).permute(2, 0, 1).contiguous()
 
 
 class _ImagePairs(torch.utils.data.Dataset):
-    """Each image at the PDN size and at the teacher size."""
+    """Each image (a file, or a 3×H×W tensor in [0, 1]) at the PDN size and at the teacher size."""
 
-    def __init__(self, files: Sequence[Path], size: int, teacher_size: int) -> None:
-        self.files, self.size, self.teacher_size = list(files), size, teacher_size
+    def __init__(self, items: Sequence[Path | Tensor], size: int, teacher_size: int) -> None:
+        self.items, self.size, self.teacher_size = list(items), size, teacher_size
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        img = read_image(self.files[i])
+        item = self.items[i]
+        img = item.permute(1, 2, 0).numpy() if isinstance(item, Tensor) else load_image(item)
         return resize_image(img, self.size), resize_image(img, self.teacher_size)
 
 
@@ -284,25 +244,26 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 # ---- the run -------------------------------------------------------------------------------------------------
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
-def distill(s: DistillSettings, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
+            images: Sequence[Tensor] | None = None) -> dict[str, Any]:
     """Train a PDN to reproduce a teacher backbone's standardised patch features; returns a summary dict
-    (``out``, ``steps``, ``final_loss``, ``history``). Errors a user can cause raise :class:`SsmadError`."""
+    (``out``, ``steps``, ``final_loss``, ``history``). The training images are those under the folder
+    ``s.images`` (recursively), or ``images``: 3×H×W float tensors in [0, 1] already in memory (``s.images`` then
+    only names them in the log and the checkpoint). Errors a user can cause raise :class:`SsmadError`."""
     log = log or _print
     out = Path(s.out).expanduser()
-    files = list_images(s.images)
+    if images is not None:
+        if len(images) == 0:
+            raise DataError(f"no images to distil on ({s.images or 'an empty list'})")
+        files: list[Path | Tensor] = list(images)
+    else:
+        files = list(list_images(Path(s.images).expanduser(), recursive=True))
     ckpt = None
     if out.exists():
         if s.resume:
@@ -428,7 +389,7 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None) -> dic
             avg = run_loss / run_count
             history.append([step, avg])
             rate = (step - start) / max(time.monotonic() - t_start, 1e-9)
-            log(f"step {step}/{total}  loss {avg:.4f}  {rate:.2f} step/s  ETA {_fmt_time((total - step) / rate)}")
+            log(f"step {step}/{total}  loss {avg:.4f}  {rate:.2f} step/s  ETA {fmt_time((total - step) / rate)}")
             run_loss, run_count = 0.0, 0
         if step % s.save_every == 0 and step < total:
             save(step, complete=False)

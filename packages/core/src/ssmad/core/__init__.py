@@ -34,14 +34,15 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
+from .text import fmt_time
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",
     "PluginWarning", "Registry", "Sample", "SsmadError", "TrainingError", "UnknownComponentError", "absolute_path",
     "absolute_paths",
     "build", "build_spec", "closest",
-    "components", "config_to_dict", "configclass", "describe", "field", "hookimpl", "hookspec", "in_range",
+    "components", "config_to_dict", "configclass", "describe", "field", "fmt_time", "hookimpl", "hookspec", "in_range",
     "make_config", "non_empty", "non_negative", "path_field", "positive", "registry", "reset_registry", "suggest",
 ]

@@ -31,8 +31,10 @@ def ssmad_register(register: Register) -> None:
     Call ``register(kind, name, factory, config=ConfigClass, summary="one line")`` once per component.
 
     - ``kind`` is one of :data:`ssmad.core.registry.KINDS` (``backbone``, ``scan``, ``mixer``,
-      ``reconstructor``, ``synth``, ``head``, ``postprocess``, ``distance``, ``fusion``, ``dataset``,
-      ``metric``).
+      ``reconstructor`` (features → features), ``autoencoder`` (image → image), ``synth``, ``head``,
+      ``score`` (maps → image scores), ``smooth`` (maps → maps), ``normaliser`` (``fit`` on normal maps,
+      then maps → maps), ``distance``, ``fusion``, ``dataset``, ``metric``); docs/components.md states
+      each kind's contract.
     - ``name`` is short and stable (``resnet50``, ``vim``, ``perlin``...). Registering a name that already
       exists overrides it; third-party plugins are registered after the built-in packages, so they win.
     - ``config`` is an ``attrs`` class (use :func:`ssmad.core.configclass`) whose fields are the component's

@@ -26,14 +26,23 @@ from . import hookspecs
 from .configs import absolute_paths, make_config, suggest
 from .errors import ConfigError, PluginWarning, UnknownComponentError
 
-KINDS = ("backbone", "scan", "mixer", "reconstructor", "synth", "head", "postprocess", "distance", "fusion",
-         "dataset", "metric")
+KINDS = ("backbone", "scan", "mixer", "reconstructor", "autoencoder", "synth", "head", "score", "smooth",
+         "normaliser", "distance", "fusion", "dataset", "metric")
+#: kinds that were split, and what they became (an error names the new kinds)
+RETIRED_KINDS = {"postprocess": ("score", "smooth", "normaliser")}
 ENTRY_POINT_GROUP = "ssmad"
 ENV_VAR = "SSMAD_PLUGINS"
 BUILTIN_DISTRIBUTIONS = frozenset({
     "ssmad", "ssmad-core", "ssmad-ssm", "ssmad-backbones", "ssmad-synth", "ssmad-heads", "ssmad-scoring",
     "ssmad-datasets",
 })
+
+
+def _unknown_kind(kind: str) -> str:
+    if kind in RETIRED_KINDS:
+        return (f"component kind {kind!r} was split (ssmad-core 0.6.0) into "
+                f"{', '.join(repr(k) for k in RETIRED_KINDS[kind])}: register and name the one that fits")
+    return f"unknown component kind {kind!r}; allowed: {suggest(kind, KINDS)}"
 
 
 def _norm(dist: str) -> str:
@@ -157,8 +166,7 @@ class Registry:
     def add(self, kind: str, name: str, factory, *, config=None, summary=None,
             distribution: str = "<local>", version: str = "") -> None:
         if kind not in KINDS:
-            raise ConfigError(f"component {name!r} from {distribution}: unknown kind {kind!r}; "
-                              f"allowed: {suggest(kind, KINDS)}")
+            raise ConfigError(f"component {name!r} from {distribution}: {_unknown_kind(kind)}")
         if config is not None and not attrs.has(config):
             raise ConfigError(f"component {kind}/{name}: config must be an attrs class, got {config!r}")
         with self._lock:
@@ -171,7 +179,7 @@ class Registry:
     def info(self, kind: str, name: str) -> ComponentInfo:
         self.load()
         if kind not in KINDS:
-            raise UnknownComponentError(f"unknown component kind {kind!r}; allowed: {suggest(kind, KINDS)}")
+            raise UnknownComponentError(_unknown_kind(kind))
         try:
             return self._components[(kind, name)]
         except KeyError:
@@ -182,7 +190,7 @@ class Registry:
     def components(self, kind: str | None = None) -> list[ComponentInfo]:
         self.load()
         if kind is not None and kind not in KINDS:
-            raise UnknownComponentError(f"unknown component kind {kind!r}; allowed: {suggest(kind, KINDS)}")
+            raise UnknownComponentError(_unknown_kind(kind))
         return sorted((c for c in self._components.values() if kind is None or c.kind == kind),
                       key=lambda c: (KINDS.index(c.kind), c.name))
 

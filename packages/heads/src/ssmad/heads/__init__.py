@@ -16,10 +16,10 @@ from .autoencoders import (
                            cnn_encoder,
                            image_decoder,
 )
+from .blocks import ConvBlock, TokenEncoder, TransformerBlock
 from .layers import drop_path_schedule
 from .losses import dice_loss, focal_loss, ssim
 from .mdn import BlindSpotConv2d, MDNConfig, MixtureDensityHead, build_mdn
-from .mixers import ConvBlock, TokenEncoder, TransformerBlock
 from .reconstructors import (
                            FeatureReconstructor,
                            ReconstructorConfig,
@@ -34,7 +34,7 @@ from .reconstructors import (
 )
 from .refiner import RefinerConfig, RefinerUNet, build_refiner, level_widths
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AutoencoderConfig", "BlindSpotConv2d", "ConvBlock", "FeatureReconstructor", "ImageAutoencoder",

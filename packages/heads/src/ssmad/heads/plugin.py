@@ -28,9 +28,9 @@ def ssmad_register(register) -> None:
              summary="MFRM ablation: Mamba blocks replaced by 3×3 conv blocks")
     register("reconstructor", "transformer", build_transformer, config=TransformerReconstructorConfig,
              summary="MFRM ablation: Mamba blocks replaced by pre-norm Transformer blocks")
-    register("reconstructor", "vim_ae", build_vim_ae, config=ViMAutoencoderConfig,
+    register("autoencoder", "vim_ae", build_vim_ae, config=ViMAutoencoderConfig,
              summary="VMPFD VMARN: ViM image autoencoder, recon in [-1, 1] (compare with x*2-1)")
-    register("reconstructor", "cnn_ae", build_cnn_ae, config=AutoencoderConfig,
+    register("autoencoder", "cnn_ae", build_cnn_ae, config=AutoencoderConfig,
              summary="VMARN ablation: strided-CNN encoder, same decoder; recon in [-1, 1]")
     register("head", "refiner", build_refiner, config=RefinerConfig,
              summary="ALMRR FRM: DRAEM-style discriminative U-Net → 2-class logits")

@@ -10,8 +10,8 @@ and tanh after the last (ALMRR's public code: 192→256→512→1024, 16×16 →
 Only the token encoder differs between the registered names:
 
 - ``vim``: :class:`ssmad.ssm.ViMEncoder` (bidirectional Mamba blocks) — the MFRM;
-- ``cnn1x1`` / ``cnn3x3``: :class:`~ssmad.heads.mixers.TokenEncoder` with ``depth`` conv blocks of kernel 1 / 3;
-- ``transformer``: :class:`~ssmad.heads.mixers.TokenEncoder` with ``depth`` pre-norm Transformer blocks.
+- ``cnn1x1`` / ``cnn3x3``: :class:`~ssmad.heads.blocks.TokenEncoder` with ``depth`` conv blocks of kernel 1 / 3;
+- ``transformer``: :class:`~ssmad.heads.blocks.TokenEncoder` with ``depth`` pre-norm Transformer blocks.
 
 The token encoders share patch embedding (conv ``k = s = patch``), learned position embedding, token grid, width
 and final RMSNorm (the ablations take them from a block-less ``ViMEncoder``), so the ablations isolate the mixer.
@@ -28,8 +28,8 @@ from torch import nn
 from ssmad.core import ConfigError, configclass, field, in_range, non_empty, positive
 from ssmad.ssm import ViMEncoder
 
+from .blocks import ConvBlock, TokenEncoder, TransformerBlock
 from .layers import check_widths, drop_path_schedule
-from .mixers import ConvBlock, TokenEncoder, TransformerBlock
 
 
 def _divisible(inst, attribute, value) -> None:

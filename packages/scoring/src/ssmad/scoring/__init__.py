@@ -3,10 +3,10 @@
     from ssmad.scoring import evaluate
     metrics = evaluate(labels, scores, masks, maps)  # image/pixel AUROC, AP, F1-max and AUPRO (FPR <= 0.3)
 
-Components (``ssmad.core.build(kind, name, ...)``): ``postprocess`` ``box_max``, ``gaussian``,
-``quantile_norm``, ``position_norm``; ``distance`` ``mse``, ``mahalanobis``, ``position_mahalanobis``; ``fusion``
-``weighted``; ``metric`` ``image_auroc``, ``image_ap``, ``image_f1max``, ``pixel_auroc``, ``pixel_ap``,
-``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
+Components (``ssmad.core.build(kind, name, ...)``): ``score`` ``box_max`` (score.py); ``smooth`` ``gaussian``
+(smooth.py); ``normaliser`` ``quantile_norm``, ``position_norm`` (normalisers.py); ``distance`` ``mse``,
+``mahalanobis``, ``position_mahalanobis``; ``fusion`` ``weighted``; ``metric`` ``image_auroc``, ``image_ap``,
+``image_f1max``, ``pixel_auroc``, ``pixel_ap``, ``pixel_f1max``, ``aupro``. Reports live in :mod:`ssmad.scoring.report`.
 """
 
 from .distance import (
@@ -17,6 +17,8 @@ from .distance import (
                       PositionMahalanobis,
                       PositionMahalanobisConfig,
 )
+from .fusion import WeightedFusion, WeightedFusionConfig
+from .maps import NotFittedError
 from .metrics import (
                       AUPRO_FPR_LIMIT,
                       IMAGE_METRICS,
@@ -32,22 +34,11 @@ from .metrics import (
                       evaluate,
                       pixel_metrics,
 )
-from .postprocess import (
-                      BoxMax,
-                      BoxMaxConfig,
-                      Gaussian,
-                      GaussianConfig,
-                      NotFittedError,
-                      PositionNorm,
-                      PositionNormConfig,
-                      QuantileNorm,
-                      QuantileNormConfig,
-                      WeightedFusion,
-                      WeightedFusionConfig,
-                      gaussian_kernel1d,
-)
+from .normalisers import PositionNorm, PositionNormConfig, QuantileNorm, QuantileNormConfig
+from .score import BoxMax, BoxMaxConfig
+from .smooth import Gaussian, GaussianConfig, gaussian_kernel1d
 
-__version__ = "0.6.1"
+__version__ = "0.7.0"
 
 __all__ = [
     "AUPRO_FPR_LIMIT", "IMAGE_METRICS", "METRICS", "PIXEL_METRICS", "BoxMax", "BoxMaxConfig", "Gaussian",

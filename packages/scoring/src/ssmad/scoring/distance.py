@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ssmad.core import CheckpointError, ConfigError, DataError, configclass, field, in_range
 
-from .postprocess import NotFittedError
+from .maps import NotFittedError
 
 
 def _residual(r: Any, what: str) -> torch.Tensor:

@@ -14,19 +14,11 @@ from .distance import (
     PositionMahalanobis,
     PositionMahalanobisConfig,
 )
+from .fusion import WeightedFusion, WeightedFusionConfig
 from .metrics import METRICS, Metric
-from .postprocess import (
-    BoxMax,
-    BoxMaxConfig,
-    Gaussian,
-    GaussianConfig,
-    PositionNorm,
-    PositionNormConfig,
-    QuantileNorm,
-    QuantileNormConfig,
-    WeightedFusion,
-    WeightedFusionConfig,
-)
+from .normalisers import PositionNorm, PositionNormConfig, QuantileNorm, QuantileNormConfig
+from .score import BoxMax, BoxMaxConfig
+from .smooth import Gaussian, GaussianConfig
 
 _METRIC_SUMMARIES = {
     "image_auroc": "image-level ROC AUC (scikit-learn)",
@@ -45,13 +37,13 @@ def _metric(name: str) -> Metric:
 
 @hookimpl
 def ssmad_register(register):
-    register("postprocess", "box_max", BoxMax, config=BoxMaxConfig,
+    register("score", "box_max", BoxMax, config=BoxMaxConfig,
              summary="box (mean) filter then max per image: maps B×1×H×W -> scores B (ALMRR)")
-    register("postprocess", "gaussian", Gaussian, config=GaussianConfig,
+    register("smooth", "gaussian", Gaussian, config=GaussianConfig,
              summary="separable Gaussian smoothing of maps, same size (scipy 'reflect' borders)")
-    register("postprocess", "quantile_norm", QuantileNorm, config=QuantileNormConfig,
+    register("normaliser", "quantile_norm", QuantileNorm, config=QuantileNormConfig,
              summary="(m - q_low) / (q_high - q_low) with quantiles fitted on normal validation maps")
-    register("postprocess", "position_norm", PositionNorm, config=PositionNormConfig,
+    register("normaliser", "position_norm", PositionNorm, config=PositionNormConfig,
              summary="m - mean (or z-score) per position, fitted on normal validation maps")
     register("distance", "mse", MeanSquared, config=MeanSquaredConfig,
              summary="feature distance: mean over channels of (F^ - F)^2 per position")

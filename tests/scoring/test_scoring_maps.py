@@ -56,22 +56,22 @@ def test_entry_point_is_declared():
 
 
 def test_components_build_from_the_registry(registry):
-    assert isinstance(registry.build("postprocess", "box_max", size=5), BoxMax)
-    assert isinstance(registry.build("postprocess", "gaussian", sigma=2), Gaussian)
-    assert isinstance(registry.build("postprocess", "quantile_norm", q_low=0.5), QuantileNorm)
-    assert isinstance(registry.build("postprocess", "position_norm", mode="zscore"), PositionNorm)
+    assert isinstance(registry.build("score", "box_max", size=5), BoxMax)
+    assert isinstance(registry.build("smooth", "gaussian", sigma=2), Gaussian)
+    assert isinstance(registry.build("normaliser", "quantile_norm", q_low=0.5), QuantileNorm)
+    assert isinstance(registry.build("normaliser", "position_norm", mode="zscore"), PositionNorm)
     assert registry.build("fusion", "weighted", weights=[1, 2, 3]).weights == (1.0, 2.0, 3.0)
 
 
 @pytest.mark.parametrize("kind, name, params, message", [
-    ("postprocess", "box_max", {"size": 8}, "odd"),
-    ("postprocess", "box_max", {"size": 0}, "> 0"),
-    ("postprocess", "box_max", {"sise": 9}, "unknown parameter 'sise'"),
-    ("postprocess", "gaussian", {"sigma": -1.0}, "'sigma' must be > 0"),
-    ("postprocess", "quantile_norm", {"q_low": 0.99, "q_high": 0.9}, "'q_low' .* must be smaller"),
-    ("postprocess", "quantile_norm", {"q_high": 1.5}, r"'q_high' must be in \[0.0, 1.0\]"),
-    ("postprocess", "position_norm", {"mode": "median"}, "mode"),
-    ("postprocess", "position_norm", {"sigma": -1.0}, "'sigma' must be in"),
+    ("score", "box_max", {"size": 8}, "odd"),
+    ("score", "box_max", {"size": 0}, "> 0"),
+    ("score", "box_max", {"sise": 9}, "unknown parameter 'sise'"),
+    ("smooth", "gaussian", {"sigma": -1.0}, "'sigma' must be > 0"),
+    ("normaliser", "quantile_norm", {"q_low": 0.99, "q_high": 0.9}, "'q_low' .* must be smaller"),
+    ("normaliser", "quantile_norm", {"q_high": 1.5}, r"'q_high' must be in \[0.0, 1.0\]"),
+    ("normaliser", "position_norm", {"mode": "median"}, "mode"),
+    ("normaliser", "position_norm", {"sigma": -1.0}, "'sigma' must be in"),
     ("fusion", "weighted", {"weights": []}, "must not be empty"),
     ("fusion", "weighted", {"weights": "0.5"}, "must be a list of a number"),
 ])

@@ -1,25 +1,17 @@
-"""Anomaly-map post-processing (kind ``postprocess``) and fusion (kind ``fusion``).
+"""Map normalisers fitted on maps of normal images (kind ``normaliser``).
 
-Every component takes maps as torch tensors B×1×H×W (B×H×W is accepted too) or numpy arrays of those
-shapes, and answers in the type it was given (numpy in, numpy out; torch keeps device and dtype).
-
-- :class:`BoxMax` (``box_max``): mean filter of ``size``×``size`` ('same' output, windows clipped at the
-  border) then the maximum per image: the image score of ALMRR's public code.
-- :class:`Gaussian` (``gaussian``): separable Gaussian smoothing with the same kernel and border handling as
-  ``scipy.ndimage.gaussian_filter`` (mode 'reflect', radius ``int(truncate * sigma + 0.5)``).
-- :class:`QuantileNorm` (``quantile_norm``): EfficientAD / VMPFD-AD normalisation
-  ``(m - q_low) / (q_high - q_low)`` with the quantiles fitted on maps of normal validation images.
+- :class:`QuantileNorm` (``quantile_norm``): EfficientAD / VMPFD-AD normalisation ``(m - q_low) / (q_high - q_low)``
+  with the quantiles fitted on maps of normal validation images.
 - :class:`PositionNorm` (``position_norm``): ``m − μ(x, y)`` or ``(m − μ(x, y)) / σ(x, y)`` with the per-position
   mean and spread of maps of normal validation images: a place where every normal image scores high (a border the
   model never reconstructs well) stops deciding the image score.
-- :class:`WeightedFusion` (``weighted``): the weighted sum of several maps.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -28,144 +20,16 @@ import torch.nn.functional as F
 
 from ssmad.core import (
     CheckpointError,
-    ConfigError,
     DataError,
-    SsmadError,
     configclass,
     field,
     in_range,
-    non_empty,
     positive,
 )
 
+from .maps import NotFittedError, _maps_tensor, _number_array, _restore_shape
+from .smooth import Gaussian, GaussianConfig
 
-class NotFittedError(SsmadError, RuntimeError):
-    """A fitted component (``quantile_norm``, ``position_norm``) used before ``fit`` or ``load_state_dict``."""
-
-
-def _odd(inst: Any, attribute: Any, value: int) -> None:
-    if value % 2 != 1:
-        raise ValueError(f"parameter {attribute.name!r} must be an odd number (a centred window), got {value!r}")
-
-
-def _finite_values(inst: Any, attribute: Any, value: tuple[float, ...]) -> None:
-    if not all(math.isfinite(v) for v in value):
-        raise ValueError(f"parameter {attribute.name!r} must hold finite numbers, got {value!r}")
-
-
-def _maps_tensor(maps: Any, what: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
-    """maps as a float tensor B×1×H×W, and a function that turns a result back into the caller's type."""
-    if isinstance(maps, torch.Tensor):
-        t = maps.detach()
-        back: Callable[[torch.Tensor], Any] = lambda r: r  # noqa: E731
-    else:
-        try:
-            arr = np.asarray(maps)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{what}: maps cannot be read as an array: {exc}") from None
-        if arr.dtype.kind not in "biuf":
-            raise DataError(f"{what}: maps must be numbers, got dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        back = lambda r: r.cpu().numpy()  # noqa: E731
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    if t.ndim != 4 or t.shape[1] != 1:
-        raise DataError(f"{what}: expected maps of shape B×1×H×W or B×H×W, got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.float()
-    elif t.dtype in (torch.float16, torch.bfloat16) and t.device.type == "cpu":
-        t = t.float()
-    return t, back
-
-
-def _restore_shape(result: torch.Tensor, like: Any) -> torch.Tensor:
-    return result.squeeze(1) if len(like.shape) == 3 else result
-
-
-# ---- box_max ---------------------------------------------------------------------------------------------
-
-@configclass
-class BoxMaxConfig:
-    size: int = field(default=9, validator=[positive, _odd])
-
-
-class BoxMax:
-    """Mean filter ``size``×``size`` then max per image: maps B×1×H×W -> scores (B,)."""
-
-    def __init__(self, cfg: BoxMaxConfig | None = None) -> None:
-        self.size = (cfg or BoxMaxConfig()).size
-
-    def smooth(self, maps: Any) -> Any:
-        """The box-filtered maps ('same' size; windows that leave the image average only the pixels inside)."""
-        t, back = _maps_tensor(maps, "box_max")
-        k = self.size
-        out = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
-        return back(_restore_shape(out, maps))
-
-    def __call__(self, maps: Any) -> Any:
-        t, back = _maps_tensor(maps, "box_max")
-        k = self.size
-        out = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
-        return back(out.amax(dim=(1, 2, 3)))
-
-    def __repr__(self) -> str:
-        return f"BoxMax(size={self.size})"
-
-
-# ---- gaussian --------------------------------------------------------------------------------------------
-
-@configclass
-class GaussianConfig:
-    sigma: float = field(default=4.0, validator=positive)
-    truncate: float = field(default=4.0, validator=positive)
-
-
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """The normalised 1-D kernel ``scipy.ndimage.gaussian_filter`` uses (radius ``int(truncate*sigma+0.5)``)."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
-    """Indices of a length-``n`` axis padded by ``radius`` on both sides, mirrored about the edges
-    (``d c b a | a b c d | d c b a``, scipy's 'reflect'); works for any radius."""
-    i = torch.arange(-radius, n + radius, device=device) % (2 * n)
-    return torch.where(i < n, i, 2 * n - 1 - i)
-
-
-class Gaussian:
-    """Separable Gaussian smoothing of maps B×1×H×W (same size out), as ``scipy.ndimage.gaussian_filter``."""
-
-    def __init__(self, cfg: GaussianConfig | None = None) -> None:
-        cfg = cfg or GaussianConfig()
-        self.sigma = cfg.sigma
-        self.truncate = cfg.truncate
-        self._kernel = torch.from_numpy(gaussian_kernel1d(cfg.sigma, cfg.truncate))
-
-    @property
-    def radius(self) -> int:
-        return (self._kernel.numel() - 1) // 2
-
-    def __call__(self, maps: Any) -> Any:
-        t, back = _maps_tensor(maps, "gaussian")
-        r = self.radius
-        if r == 0:
-            return back(_restore_shape(t.clone(), maps))
-        k = self._kernel.to(device=t.device, dtype=t.dtype)
-        h, w = t.shape[-2:]
-        x = t.index_select(2, _reflect_index(h, r, t.device))
-        x = F.conv2d(x, k.view(1, 1, -1, 1))
-        x = x.index_select(3, _reflect_index(w, r, t.device))
-        x = F.conv2d(x, k.view(1, 1, 1, -1))
-        return back(_restore_shape(x, maps))
-
-    def __repr__(self) -> str:
-        return f"Gaussian(sigma={self.sigma}, truncate={self.truncate})"
-
-
-# ---- quantile_norm ---------------------------------------------------------------------------------------
 
 @configclass
 class QuantileNormConfig:
@@ -184,15 +48,8 @@ def _flat_values(x: Any, what: str) -> np.ndarray:
         x = x.detach()
         if x.is_floating_point() and x.element_size() < 4:
             x = x.float()
-        arr = x.cpu().numpy()
-    else:
-        try:
-            arr = np.asarray(x)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{what}: cannot be read as an array: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{what}: maps must be numbers, got dtype {arr.dtype}")
-    return arr.reshape(-1)
+        return x.cpu().numpy().reshape(-1)
+    return _number_array(x, what).reshape(-1)
 
 
 class QuantileNorm:
@@ -383,43 +240,3 @@ class PositionNorm:
     def __repr__(self) -> str:
         shape = f", fitted on {tuple(self.mean.shape)} maps" if self.mean is not None else ""
         return f"PositionNorm(mode={self.cfg.mode!r}, sigma={self.cfg.sigma}{shape})"
-
-
-# ---- weighted fusion -------------------------------------------------------------------------------------
-
-@configclass
-class WeightedFusionConfig:
-    weights: tuple[float, ...] = field(default=(0.5, 0.5), validator=[non_empty, _finite_values])
-
-
-class WeightedFusion:
-    """``fusion([map_a, map_b, ...]) = sum_i weights[i] * map_i`` (maps of one shape, numpy or torch)."""
-
-    def __init__(self, cfg: WeightedFusionConfig | None = None) -> None:
-        self.weights = (cfg or WeightedFusionConfig()).weights
-
-    def __call__(self, maps: Sequence[Any]) -> Any:
-        if isinstance(maps, torch.Tensor | np.ndarray) or not isinstance(maps, Sequence):
-            raise DataError("fusion 'weighted': expected a list of maps, one per weight")
-        if len(maps) != len(self.weights):
-            raise ConfigError(f"fusion 'weighted': got {len(maps)} maps but {len(self.weights)} weights "
-                              f"(parameter 'weights' = {list(self.weights)})")
-        shapes = {tuple(m.shape) if hasattr(m, "shape") else tuple(np.shape(m)) for m in maps}
-        if len(shapes) != 1:
-            raise DataError(f"fusion 'weighted': maps must share one shape, got {sorted(shapes)}")
-        if isinstance(maps[0], torch.Tensor):
-            first = maps[0]
-            dtype = first.dtype if first.is_floating_point() else torch.float32
-            out = torch.zeros(first.shape, dtype=dtype, device=first.device)
-            for w, m in zip(self.weights, maps):
-                out = out + w * torch.as_tensor(m, device=first.device).to(dtype)
-            return out
-        arrays = [np.asarray(m) for m in maps]
-        dtype = np.result_type(*[a.dtype for a in arrays], np.float32)
-        out_np = np.zeros(arrays[0].shape, dtype=dtype)
-        for w, a in zip(self.weights, arrays):
-            out_np += w * a
-        return out_np
-
-    def __repr__(self) -> str:
-        return f"WeightedFusion(weights={self.weights})"

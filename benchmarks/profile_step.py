@@ -38,12 +38,12 @@ def profile(method, config, steps: int) -> dict[str, float]:
         items = [method.train_item(_Sample(im), rng) for im in images]
         batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         marks.append(time.perf_counter())
-        both = method.features(torch.cat([batch["clean"], batch["anomalous"]]))
+        both = method.model.features(torch.cat([batch["clean"], batch["anomalous"]]))
         target, feats = both[:batch_size], both[batch_size:]
         marks.append(time.perf_counter())
         recon = method.run_module("reconstructor", feats)
         marks.append(time.perf_counter())
-        logits = F.interpolate(method.refine(recon, feats), size=batch["mask"].shape[-2:], mode="bilinear",
+        logits = F.interpolate(method.model.refine(recon, feats), size=batch["mask"].shape[-2:], mode="bilinear",
                                align_corners=False)
         marks.append(time.perf_counter())
         loss = (F.mse_loss(recon, target) + focal_loss(logits, batch["mask"], gamma=method.gamma)

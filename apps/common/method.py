@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ssmad.core import AnomalyOutput, Sample
-from ssmad.core.device import autocast, resolve_precision
+from ssmad.core.device import resolve_precision
 
 from .config import build_role
+from .networks import Networks
 from .settings import TrainSettings, read_section
 
 
@@ -33,14 +33,6 @@ class Validation:
     score: float
     what: str
     grouped: Any = None
-
-
-def _to_fp32(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
-    if isinstance(out, tuple | list):
-        return type(out)(_to_fp32(o) for o in out)
-    return out
 
 
 def fused_if_possible(cls: type[torch.optim.Optimizer], params, **kwargs) -> torch.optim.Optimizer:
@@ -76,19 +68,24 @@ class Method(ABC):
         on a machine that lacks them. Subclasses honour it in their own ``__init__``."""
         self.config = config
         self.device = device
-        self.modules = nn.ModuleDict()
-        # (configurations stored before the key existed trained in fp32: the setting's default)
-        self.precision = resolve_precision(read_section(TrainSettings, config, "train").precision, device)
+        #: the networks by role (a method may replace this with its own torch model, a :class:`Networks`)
+        self.modules: Networks = Networks(
+            precision=resolve_precision(read_section(TrainSettings, config, "train").precision, device),
+            device=device)
+
+    @property
+    def precision(self) -> str:
+        """The networks' precision ("fp32", "bf16", "fp16"; ``train.precision`` resolved for the device)."""
+        return self.modules.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.modules.precision = value
 
     def run_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """``self.modules[name](*args, **kwargs)`` in the method's precision (``train.precision``), its floating
-        outputs (a tensor, or tensors in a tuple or list) returned in fp32: what follows (losses, distances,
-        statistics) computes in fp32 whatever the network ran in."""
-        if self.precision == "fp32":
-            return self.modules[name](*args, **kwargs)
-        with autocast(self.device, self.precision):
-            out = self.modules[name](*args, **kwargs)
-        return _to_fp32(out)
+        outputs in fp32 (:meth:`Networks.run`)."""
+        return self.modules.run(name, *args, **kwargs)
 
     # -- training ---------------------------------------------------------------------------------------
     def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:

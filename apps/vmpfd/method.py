@@ -39,31 +39,7 @@ from ..common.config import build_role, component
 from ..common.method import Method, fused_if_possible
 from ..common.settings import read_section
 from .settings import VMPFDSettings
-
-
-class Adapter(nn.Sequential):
-    """G_θ: a 1×1 convolution followed by a per-channel standardisation (batch norm without affine parameters).
-
-    :meth:`forward_with_volume` also returns its log-volume, ``½·log det(W Wᵀ)`` of the effective linear map
-    ``W = diag(1/s)·G`` (``G`` the convolution's ``out×in`` weight, ``s`` the batch's per-channel standard
-    deviation that the batch norm divides by in training): the log of the volume factor by which the adapter maps
-    its input's row space onto T. It falls to −∞ as G's rows become linearly dependent, the low-rank collapse that
-    the NLL alone rewards.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        if out_channels > in_channels:
-            raise ConfigError(f"method.adapter_dim: the adapter maps {in_channels} PDN channels to "
-                              f"{out_channels}; it must not widen them (its log-volume needs out <= in)")
-        super().__init__(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels, affine=False))
-
-    def forward_with_volume(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(T, log-volume)`` for a training batch (the standard deviation is the batch's, as the norm's)."""
-        conv, norm = self[0], self[1]
-        y = conv(x)
-        std = (y.transpose(0, 1).flatten(1).var(1, unbiased=False) + norm.eps).sqrt()
-        w = (conv.weight.flatten(1) / std[:, None]).double()
-        return norm(y), 0.5 * torch.linalg.slogdet(w @ w.T).logabsdet.to(y.dtype)
+from .torch_model import Adapter, VMPFDModel
 
 
 class VMPFD(Method):
@@ -89,11 +65,9 @@ class VMPFD(Method):
         pdn = build_role(config, "pdn", unweighted=not for_training)
         if pdn is None:
             raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
-        self.modules["pdn"] = pdn
         ae = build_role(config, "autoencoder", img_size=self.image_size)
         if ae is None:
             raise ConfigError("pipeline.autoencoder: VMPFD-AD needs an autoencoder (vim_ae or cnn_ae)")
-        self.modules["autoencoder"] = ae
         with torch.no_grad():
             latent = ae.encode(torch.zeros(1, 3, self.image_size, self.image_size))
         if latent.shape[-1] != self.grid:
@@ -107,12 +81,15 @@ class VMPFD(Method):
                 raise ConfigError(f"method.local_features = \"sum\" adds the adapted PDN features to the encoder "
                                   f"map, but the encoder is wider ({adapter_dim}) than the PDN ({pdn_channels}):"
                                   f" lower pipeline.autoencoder.d_model or use \"concat\"")
-        self.modules["adapter"] = Adapter(pdn_channels, adapter_dim)
+        modules: dict[str, nn.Module] = {"pdn": pdn, "autoencoder": ae, "adapter": Adapter(pdn_channels, adapter_dim)}
         t_dim = adapter_dim
         if self.local_features != "pdn":
-            self.modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
+            modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
             t_dim += latent.shape[1] if self.local_features == "concat" else 0
-        self.modules["density"] = build_role(config, "density", in_channels=t_dim)
+        modules["density"] = build_role(config, "density", in_channels=t_dim)
+        self.model = VMPFDModel(modules, grid=self.grid, pdn_size=self.pdn_size, local_features=self.local_features,
+                                precision=self.precision, device=device)
+        self.modules = self.model
         self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
         self.norm_local = build_role(config, "norm_local")
         self.norm_global = build_role(config, "norm_global")
@@ -142,7 +119,7 @@ class VMPFD(Method):
         bs = int(self.config["train"]["eval_batch_size"])
         for i in range(0, len(indices), bs):
             chunk = [samples[j] for j in indices[i:i + bs]]
-            feats = self.pdn_features(torch.stack([s.image for s in chunk]).to(self.device)).cpu()
+            feats = self.model.pdn_features(torch.stack([s.image for s in chunk]).to(self.device)).cpu()
             self.pdn_cache.update({s.path: f for s, f in zip(chunk, feats)})
 
     def use_distilled_pdn(self, run_dir: Path, entry: dict[str, Any], samples, indices: list[int]) -> None:
@@ -155,61 +132,31 @@ class VMPFD(Method):
         self.modules["pdn"] = pdn
 
     def distill_pdn(self, out: Path, samples, indices: list[int]) -> None:
-        """Distil the PDN from ``method.distill_teacher`` on the training images only (never the test split)."""
-        import tempfile
-
-        from PIL import Image
-
+        """Distil the PDN from ``method.distill_teacher`` on the training images only (never the test split), as
+        they are in memory (also for datasets without files, such as demo)."""
         from ssmad.backbones import DistillSettings, distill
 
         d = self.distill
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".distill-") as tmp:
-            for i in indices:  # the training images as files (also for in-memory datasets such as demo)
-                arr = (samples[i].image.permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
-                Image.fromarray(arr).save(Path(tmp) / f"{i:06d}.png")
-            print(f"distilling {component(self.config, 'pdn')['name']} from {d['teacher']} on "
-                  f"{len(indices)} training images, {d['steps']} steps -> {out}", flush=True)
-            distill(DistillSettings(
-                teacher=d["teacher"], images=tmp, out=str(out), steps=d["steps"],
-                pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.pdn_size,
-                batch_size=d["batch_size"], lr=d["lr"], seed=int(self.config["train"]["seed"]),
-                device=str(self.device), workers=0, log_every=max(1, d["steps"] // 20)))
+        print(f"distilling {component(self.config, 'pdn')['name']} from {d['teacher']} on "
+              f"{len(indices)} training images, {d['steps']} steps -> {out}", flush=True)
+        distill(DistillSettings(
+            teacher=d["teacher"], images=f"{len(indices)} training images", out=str(out), steps=d["steps"],
+            pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.pdn_size,
+            batch_size=d["batch_size"], lr=d["lr"], seed=int(self.config["train"]["seed"]),
+            device=str(self.device), workers=0, log_every=max(1, d["steps"] // 20)),
+            images=[samples[i].image for i in indices])
 
     # -- model ------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def pdn_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen PDN features pooled to the shared grid: B×384×grid×grid."""
-        if self.pdn_size != images.shape[-1]:
-            images = F.interpolate(images, size=(self.pdn_size, self.pdn_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return F.adaptive_avg_pool2d(self.run_module("pdn", images)[0], self.grid)
-
     def train_item(self, sample, rng) -> dict[str, torch.Tensor]:
         item = {"image": sample.image}
         if sample.path in self.pdn_cache:
             item["pdn"] = self.pdn_cache[sample.path]
         return item
 
-    def local_input(self, images: torch.Tensor, latent: torch.Tensor,
-                    pdn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(T, the adapter's log-volume)``; the log-volume only in training (it needs the batch's statistics)."""
-        feats = self.pdn_features(images) if pdn is None else pdn
-        adapter = self.modules["adapter"]
-        t, log_volume = adapter.forward_with_volume(feats) if adapter.training else (adapter(feats), None)
-        if self.local_features != "pdn":
-            z = self.modules["latent_norm"](latent.detach())
-            t = t + z if self.local_features == "sum" else torch.cat([t, z], 1)
-        return t, log_volume
-
-    def forward_maps(self, images: torch.Tensor, pdn: torch.Tensor | None = None):
-        recon, latent = self.run_module("autoencoder", images)
-        t, log_volume = self.local_input(images, latent, pdn)
-        return recon, self.modules["density"].nll(t), log_volume / t.shape[1] if log_volume is not None else None
-
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         target = images * 2 - 1
-        recon, nll, log_volume = self.forward_maps(images, batch.get("pdn"))  # NLL and log-volume per dimension
+        recon, nll, log_volume = self.model(images, batch.get("pdn"))  # NLL and log-volume per dimension
         l_nll = nll.mean()
         l_mse = F.mse_loss(recon, target)
         l_ssim = 1 - ssim(recon, target, data_range=2.0)
@@ -220,7 +167,7 @@ class VMPFD(Method):
 
     @torch.no_grad()
     def raw_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon, nll, _ = self.forward_maps(images)
+        recon, nll, _ = self.model(images)
         size = images.shape[-2:]
         lam = F.interpolate(nll[:, None], size=size, mode="bilinear", align_corners=False)
         gam = ((recon - (images * 2 - 1)) ** 2).mean(1, keepdim=True)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from apps.almrr.__main__ import APP
+from apps.almrr.torch_model import squared_distance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -423,8 +424,8 @@ def test_unfinished_checkpoint_reports_the_raw_distance(smoke_run):
         out = method.predict(images)
         raw = method.raw_distance(images)
     expected = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)
-    assert method.distance_smooth is not None                     # the default pipeline smooths the distance map
-    torch.testing.assert_close(out.extras["distance"], method.distance_smooth(expected))
+    assert method.distance.smooth is not None                     # the default pipeline smooths the distance map
+    torch.testing.assert_close(out.extras["distance"], method.distance.smooth(expected))
 
 
 def test_mahalanobis_distance_is_fitted_saved_and_applied():
@@ -444,13 +445,13 @@ def test_mahalanobis_distance_is_fitted_saved_and_applied():
     method.train(False)
     normal, other = list(torch.rand(6, 3, 64, 64)), torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        feats = method.features(other)
+        feats = method.model.features(other)
         recon = method.run_module("reconstructor", feats)
         with pytest.warns(RuntimeWarning, match=r"pipeline.distance \(Mahalanobis.*not fitted.*mean squared"):
             raw = method.raw_distance(other)
-        torch.testing.assert_close(raw, ALMRR.distance(recon, feats))
+        torch.testing.assert_close(raw, squared_distance(recon, feats))
         method.after_training(normal)
-        normal_feats = method.features(torch.stack(normal))
+        normal_feats = method.model.features(torch.stack(normal))
         expected = Mahalanobis().fit(method.run_module("reconstructor", normal_feats) - normal_feats)
         torch.testing.assert_close(method.raw_distance(other), expected(recon - feats))
         assert not torch.allclose(method.raw_distance(other), raw)
@@ -497,22 +498,22 @@ def test_position_mahalanobis_is_fitted_on_the_training_images():
 
     def fitted_on(images):
         with torch.no_grad():
-            f = method.features(images)
+            f = method.model.features(images)
             return PositionMahalanobis().fit(method.run_module("reconstructor", f) - f)
 
     with torch.no_grad():
-        f = method.features(other)
+        f = method.model.features(other)
         residual = method.run_module("reconstructor", f) - f
         lines = method.after_training(held, train_images=LazyImages(samples, list(range(1, 9))))
         assert any("fitted on the residuals of the 8 training images" in line for line in lines)
-        torch.testing.assert_close(method.metric(residual), fitted_on(train[1:])(residual))
+        torch.testing.assert_close(method.distance.metric(residual), fitted_on(train[1:])(residual))
         method.after_training(held)
-        torch.testing.assert_close(method.metric(residual), fitted_on(torch.stack(held))(residual))
+        torch.testing.assert_close(method.distance.metric(residual), fitted_on(torch.stack(held))(residual))
         # scoring an epoch: fitted on (a spread of) the training images kept by prepare, not on the images it scores
         assert "distance" in method.state_dict()["extra"]
         method.prepare(None, samples, list(range(9)))
         method.validation_score(held)
-        torch.testing.assert_close(method.metric(residual), fitted_on(train)(residual))
+        torch.testing.assert_close(method.distance.metric(residual), fitted_on(train)(residual))
         # an epoch's fit (part of the training images) stays out of its checkpoint, with what was fitted on it
         assert method.state_dict()["extra"] == {}
 
@@ -529,7 +530,7 @@ def test_distance_smoothing_is_a_pipeline_entry_and_branches_score_like_the_meth
     on = ALMRR(load_config(APP.app_dir, "smoke", None, []), torch.device("cpu"))
     off = ALMRR(load_config(APP.app_dir, "smoke", None, ["pipeline.distance_smooth.enabled=false"]),
                 torch.device("cpu"))
-    assert on.distance_smooth.sigma == 4.0 and off.distance_smooth is None
+    assert on.distance.smooth.sigma == 4.0 and off.distance.smooth is None
     maps = np.zeros((2, 64, 64), np.float32)
     maps[0, 10, 10] = 1.0                                          # one hot pixel: the 9×9 box mean is 1/81
     maps[1, 30:40, 30:40] = 0.5                                    # a blob: the box mean keeps 0.5
@@ -552,17 +553,17 @@ def test_refiner_inputs_are_a_config_list():
     first_conv = next(c for c in convs if c.in_channels == 3)                 # the input layer takes 3 channels
     feats = torch.rand(2, 5, 32, 32)
     recon = (feats + 0.1 * torch.randn(2, 5, 32, 32)).requires_grad_()
-    m.refine(recon, feats)[:, 1].sum().backward()
+    m.model.refine(recon, feats)[:, 1].sum().backward()
     assert recon.grad.abs().sum() > 0
     seen = {}
     first_conv.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0]))  # (returns None: output kept)
     with torch.no_grad():
-        m.refine(recon, feats)
+        m.model.refine(recon, feats)
     means = torch.cat([recon.mean(1, keepdim=True), feats.mean(1, keepdim=True)], 1)
-    torch.testing.assert_close(seen["x"], torch.cat([means, ALMRR.distance(recon, feats).log()], 1))
+    torch.testing.assert_close(seen["x"], torch.cat([means, squared_distance(recon, feats).log()], 1))
     old = load_config(APP.app_dir, "smoke", None, [])
     del old["method"]["refiner_inputs"]
-    assert ALMRR(old, torch.device("cpu")).refiner_inputs == ["recon_mean", "feature_mean"]
+    assert ALMRR(old, torch.device("cpu")).model.refiner_inputs == ("recon_mean", "feature_mean")
 
 
 def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
@@ -586,7 +587,7 @@ def test_distance_weight_adds_the_scaled_distance_map(tmp_path, run_app):
         refined = method.predict(images)
     dist = blended.extras["distance"]
     lo, hi = torch.quantile(dist.flatten().double(), torch.tensor([0.9, 0.999], dtype=torch.double))
-    scaled = method.distance_scale(dist)
+    scaled = method.distance.scaled(dist)
     torch.testing.assert_close(scaled, ((dist - lo) / (hi - lo)).float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map + 0.5 * scaled)
     assert not torch.equal(blended.score, refined.score)
@@ -621,7 +622,9 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
     blend script scores the same maps."""
     import torch
 
-    from apps.almrr.method import AUTO_FEW_IMAGES, AUTO_REPEATS
+    from apps.almrr.weight_choice import FEW_IMAGES as AUTO_FEW_IMAGES
+    from apps.almrr.weight_choice import REPEATS as AUTO_REPEATS
+    from apps.almrr.weight_choice import synthetic_maps
     from ssmad.scoring import evaluate
 
     run = tmp_path / "run"
@@ -640,10 +643,10 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
     # the choice, recomputed from the maps
     images = list(held_out_images(method))
     assert ("this choice is noisy" in log) == (len(images) < AUTO_FEW_IMAGES)
-    maps = method.synthetic_maps(images, np.random.default_rng(int(method.config["train"]["seed"])), AUTO_REPEATS)
+    maps = synthetic_maps(method, images, np.random.default_rng(int(method.config["train"]["seed"])), AUTO_REPEATS)
     assert len(maps["mask"]) == 2 * AUTO_REPEATS * len(images) and maps["mask"].any()
     assert not maps["mask"][maps["clean"]].any() and int(maps["repeat"].max()) == AUTO_REPEATS - 1
-    scaled = method.distance_scale(maps["distance"])
+    scaled = method.distance.scaled(maps["distance"])
     ap = {w: float(evaluate(None, None, maps["mask"], maps["refined"] + w * scaled, ["pixel_ap"])["pixel_ap"])
           for w in (0.5, 1.0, 3.0)}
     assert ap == pytest.approx({float(k): v for k, v in choice["pixel_ap"].items()})
@@ -657,7 +660,7 @@ def test_auto_distance_weight_is_the_best_pixel_ap_on_synthetic_anomalies(tmp_pa
         with pytest.warns(RuntimeWarning, match="no weight chosen"):
             refined = method.predict(batch)
     torch.testing.assert_close(blended.anomaly_map, refined.anomaly_map
-                               + choice["weight"] * method.distance_scale(blended.extras["distance"]))
+                               + choice["weight"] * method.distance.scaled(blended.extras["distance"]))
 
     # the test report's title states the weight; a run without a distance weight has the plain title
     code, _, err = run_app(APP, "test", "--run", str(run), "--figures", "0", "--device", "cpu")
@@ -843,5 +846,5 @@ def test_every_preset_builds(preset):
     check_config(config)
     method = ALMRR(config, torch.device("cpu"))
     if preset == "cpu":
-        assert isinstance(method.metric, PositionMahalanobis) and not method.auto_weight
+        assert isinstance(method.distance.metric, PositionMahalanobis) and not method.auto_weight
         assert (method.fusion, method.distance_weight, method.image_weight) == ("sum", 1.0, None)

@@ -79,7 +79,7 @@ def test_ablation_switches_build(tmp_path, run_app):
 def _train_adapter(lambda_volume: float):
     """Adapter + mixture density head on low-rank PDN-like features, the way VMPFD trains them (NLL per dimension
     minus λ·log-volume per dimension). Returns (final NLL, head, adapter, sampler)."""
-    from apps.vmpfd.method import Adapter
+    from apps.vmpfd.torch_model import Adapter
     from ssmad.heads.mdn import MixtureDensityHead
 
     g = torch.Generator().manual_seed(0)

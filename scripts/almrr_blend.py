@@ -37,8 +37,9 @@ def _weights(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.almrr.method import AUTO_WEIGHTS
-    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
+    from _common import open_run, run_parser
+
+    from apps.almrr import AUTO_WEIGHTS
 
     ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in AUTO_WEIGHTS),
@@ -60,15 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_weight is not None and not (np.isfinite(args.image_weight) and args.image_weight >= 0):
         ap.error(f"--image-weight: expected a number >= 0, got {args.image_weight}")
 
-    from apps.almrr import APP
-    from apps.common.config import build_role, load_config
-    from apps.common.inference import infer
+    from apps.almrr import APP, synthetic_maps
+    from apps.common import image_batches
+    from ssmad.core import build
     from ssmad.scoring import METRICS, evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:
+    if (opened := open_run(APP, args, "ALMRR", with_data=True)) is None:
         return 2
-    method, config, data, _, val_idx = opened
-    if "refiner" not in method.modules:
+    _, method, run_data = opened
+    config, data, val_idx = run_data.config, run_data.dataset, run_data.val_idx
+    if not method.has_refiner:
         print(f"error: {args.run}: the run has no refiner (its map is the distance already)", file=sys.stderr)
         return 2
     if not val_idx:
@@ -76,26 +78,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     chosen = method.weight_choice
-    scale = method.distance_scale
-    fitted = scale is not None and scale.fitted
+    scale = method.distance.scale
+    fitted = method.distance.scale_fitted
     bs = method.eval_batch_size
-    held = [data.train[i] for i in val_idx]
-    with method.refined_map_only(), torch.no_grad():               # the blend is made below
+    held = run_data.held_out
+    with torch.no_grad():               # the refined and distance maps apart: the blend is made below
         if args.on == "test":
-            _, maps, branches, info = infer(method, data.test, batch_size=bs, progress="test")
-            refined, dist = torch.from_numpy(maps)[:, None], torch.from_numpy(branches["distance"])[:, None]
-            masks, test_labels = torch.from_numpy(info["masks"])[:, None], data.test.labels
+            parts = [(method.branch_maps(images), [s.mask for s in chunk])
+                     for chunk, images in image_batches(data.test, bs, method.device)]
+            refined = torch.cat([r.cpu() for (r, _), _ in parts])
+            dist = torch.cat([d.cpu() for (_, d), _ in parts])
+            masks = torch.stack([m for _, ms in parts for m in ms]) > 0.5
+            test_labels = data.test.labels
             clean_dist = None
             if not fitted:                                          # only the fallback scale needs them
-                clean_dist = torch.cat([method.distance_map(method.raw_distance(images), images.shape[-2:]).cpu()
+                clean_dist = torch.cat([method.branch_maps(images)[1].cpu()
                                         for _, images in image_batches(held, bs, method.device)])
         else:
             seed = int(config["train"]["seed"]) if args.seed is None else args.seed
-            maps = method.synthetic_maps([x.image for x in held], np.random.default_rng(seed), args.repeats)
+            maps = synthetic_maps(method, [x.image for x in held], np.random.default_rng(seed), args.repeats)
             refined, dist, masks = maps["refined"], maps["distance"], maps["mask"]
             clean_dist = dist[maps["clean"] & (maps["repeat"] == 0)]
     if not fitted:                   # a run from before the distance_scale entry: the one the app ships, fitted here
-        scale = build_role(load_config(APP.app_dir, None, None, []), "distance_scale").fit(clean_dist)
+        entry = next(e for e in APP.config()["pipeline"] if e["role"] == "distance_scale")
+        params = {k: v for k, v in entry.items() if k.startswith("q_")}
+        scale = build("normaliser", "quantile_norm", **params).fit(clean_dist)
     scaled = scale(dist)
     if args.on == "test":
         labels = np.array(test_labels)

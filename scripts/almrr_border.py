@@ -19,23 +19,23 @@ from sklearn.metrics import roc_auc_score
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_finished_run, open_or_report, run_parser
+    from _common import open_run, run_parser
 
     args = run_parser(__doc__, "ALMRR").parse_args(argv)
 
     from apps.almrr import APP
-    from apps.common.data import open_data
+    from apps.common import image_batches
 
-    if (opened := open_or_report(open_finished_run, APP, args.run, args.device, "ALMRR")) is None:
+    if (opened := open_run(APP, args, "ALMRR")) is None:
         return 2
-    method, ckpt = opened
+    run, method = opened
     model = Path(args.run) / "model.pt"
-    norm = method.distance_norm
+    norm = method.distance.norm
     if norm is None or not norm.fitted:
         print(f"error: {model} has no fitted distance_norm (apps 0.2 or later, a finished training)", file=sys.stderr)
         return 2
-    test = open_data(ckpt["config"]).test
-    image_size = int(ckpt["config"]["data"]["image_size"])
+    test = run.data().dataset.test
+    image_size = int(run.config["data"]["image_size"])
     labels, near, raw, inner, normed = [], [], [], [], []
     band = 1
     with torch.no_grad():

@@ -35,23 +35,24 @@ def rule_name(rule: tuple[str, float]) -> str:
 
 def fuse_rule(maps: dict[str, np.ndarray], rule: tuple[str, float]) -> torch.Tensor:
     """The N × H × W map of ``rule`` (one of :data:`RULES`) on ``maps``' refined and scaled maps."""
-    from apps.almrr.fusion import fuse
+    from apps.almrr import fuse
 
     return fuse(torch.from_numpy(maps["refined"]), torch.from_numpy(maps["scaled"]), *rule)
 
 
-def compute_maps(method, data, train_idx: list[int]) -> dict[str, np.ndarray]:
+def compute_maps(run, method, data, train_idx: list[int]) -> dict[str, np.ndarray]:
     """The test split's ``refined`` and ``scaled`` (distance) maps, ``padim`` maps, ``masks``, ``labels`` and
     ``types``, with the run's own ``map`` and image ``score``, as numpy arrays."""
     from padim_baseline import padim_maps
 
-    from apps.common.inference import infer
+    from apps.common import image_batches
 
     bs = method.eval_batch_size
-    scores, own, branches, info = infer(method, data.test, batch_size=bs, progress="test")
-    with method.refined_map_only(), torch.no_grad():
-        _, refined, _, _ = infer(method, data.test, batch_size=bs, progress="test, refined map")
-    scaled = method.distance_scale(torch.from_numpy(branches["distance"])[:, None])[:, 0].numpy()
+    scores, own, branches, info = run.infer(data.test, device=method.device, batch_size=bs, progress="test")
+    with torch.no_grad():
+        refined = np.concatenate([method.branch_maps(images)[0][:, 0].cpu().numpy()
+                                  for _, images in image_batches(data.test, bs, method.device)])
+    scaled = method.distance.scaled(torch.from_numpy(branches["distance"])[:, None])[:, 0].numpy()
     padim, _, _, _ = padim_maps(method, data, train_idx)
     return {"refined": refined, "scaled": scaled, "padim": padim, "map": own, "score": scores,
             "masks": info["masks"], "labels": np.array(data.test.labels, dtype=np.int64),
@@ -96,7 +97,7 @@ def evaluate_rows(maps: dict[str, np.ndarray], score) -> tuple[dict[str, dict], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_or_report, open_run_data, run_parser
+    from _common import open_run, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--maps", type=Path, default=None,
@@ -106,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     from apps.almrr import APP
     from ssmad.scoring import METRICS
 
-    if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:
+    if (opened := open_run(APP, args, "ALMRR", with_data=True)) is None:
         return 2
-    method, _, data, train_idx, _ = opened
-    if "refiner" not in method.modules or method.distance_scale is None or not method.distance_scale.fitted:
+    run, method, run_data = opened
+    data, train_idx = run_data.dataset, run_data.train_idx
+    if not method.has_refiner or not method.distance.scale_fitted:
         print(f"error: {args.run}: the run has no refiner or no fitted distance_scale (its map has one part)",
               file=sys.stderr)
         return 2
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             maps = {k: z[k] for k in z.files}
         print(f"maps read from {args.maps}")
     else:
-        maps = compute_maps(method, data, train_idx)
+        maps = compute_maps(run, method, data, train_idx)
         if args.maps is not None:
             np.savez(args.maps, **maps)
     rows, chosen = evaluate_rows(maps, method.score)

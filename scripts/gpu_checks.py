@@ -1,4 +1,4 @@
-"""The GPU checks of issues 2, 4 and 5 as one prepared run (for a session lent a GPU; it also runs on a CPU).
+"""The GPU checks in one run: scan backends' agreement and speed, and the apps' throughput (it also runs on a CPU).
 
     python scripts/gpu_checks.py --out DIR [--device cuda] [--repeats 5] [--quick]
 
@@ -18,15 +18,15 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
   latency per image at batch 1 in ms (the VMPFD-AD paper claims under 15 ms).
 
 Metrics on real data come from the apps' own ``train``/``test`` (the commands are in docs/history/results-mt.md; add
-``--device cuda`` and drop ``--preset cpu`` for the paper configuration). ``scripts/gpu_session.py`` runs this
-script and ALMRR's two reconstructors on Magnetic-tile-defect in one device call, from data staged beforehand.
+``--device cuda`` and drop ``--preset cpu`` for the paper configuration). ``scripts/gpu_mt_train.py`` runs this
+script and then trains ALMRR's two reconstructors on Magnetic-tile-defect, from data staged beforehand.
 ``--quick`` runs the smoke presets at a few steps each: the test suite uses it on a CPU to keep this script working.
 
-On the lent GPU machine (its own Python with PyTorch, pluggy, attrs, scikit-image; no network), one call:
+On any CUDA machine, also an offline one whose Python has PyTorch, pluggy, attrs and scikit-image:
 
     python3 -m pip install -q --no-deps --no-build-isolation -e packages/core -e packages/ssm -e packages/backbones \
         -e packages/synth -e packages/heads -e packages/scoring -e packages/datasets \
-      && python3 scripts/gpu_checks.py --out $OUT
+      && python3 scripts/gpu_checks.py --out OUT_DIR
 
 (the editable installs register the packages' entry points, which the component registry reads).
 """
@@ -160,16 +160,12 @@ def scan_speed(device: torch.device, names: list[str], repeats: int, shape=ALMRR
 
 
 def _method(app: str, device: torch.device, quick: bool):
-    from apps.common.config import load_config
+    import importlib
 
-    if app == "almrr":
-        from apps.almrr.method import ALMRR as cls
-        over = ['pipeline.backbone.weights="none"']
-    else:
-        from apps.vmpfd.method import VMPFD as cls
-        over = []
-    config = load_config(ROOT / "apps" / app, "smoke" if quick else None, None, over)
-    return cls(config, device), config
+    the_app = importlib.import_module(f"apps.{app}").APP
+    over = ['pipeline.backbone.weights="none"'] if app == "almrr" else []
+    config = the_app.config("smoke" if quick else None, over)
+    return the_app.method_cls(config, device), config
 
 
 def app_throughput(app: str, device: torch.device, repeats: int, quick: bool) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import open_or_report, open_run_data, run_parser
+    from _common import open_run, run_parser
 
     ap = run_parser(__doc__, "ALMRR", band=False, data=True)
     ap.add_argument("--channels", type=int, default=200,
@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--ridge: expected a number > 0, got {args.ridge}")
 
     from apps.almrr import APP
-    from apps.common.evaluate import by_defect_type
+    from apps.common import by_defect_type
     from ssmad.scoring import METRICS, evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args, "ALMRR")) is None:
+    if (opened := open_run(APP, args, "ALMRR", with_data=True)) is None:
         return 2
-    method, config, data, train_idx, _ = opened
+    _, method, run_data = opened
+    data, train_idx = run_data.dataset, run_data.train_idx
     if len(train_idx) < 2 or len(data.test) == 0:
         print(f"error: {args.run}: PaDiM needs at least 2 training images and a test split", file=sys.stderr)
         return 2
@@ -67,7 +68,7 @@ def padim_maps(method, data, train_idx: list[int], max_channels: int = 200, ridg
     """PaDiM on the ALMRR ``method``'s features: Gaussians per position fitted on ``data.train[train_idx]``, then
     the test split's maps (N × H × W, float32 numpy, smoothed as the run's distance), image scores (the maps'
     maxima), masks (N × H × W bool) and ``(channels used, backbone channels, grid, training images)``."""
-    from apps.common.diagnostics import image_batches
+    from apps.common import image_batches
 
     method.train(False)
     bs = method.eval_batch_size
@@ -79,7 +80,7 @@ def padim_maps(method, data, train_idx: list[int], max_channels: int = 200, ridg
 
     def features(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            f = method.features(images)
+            f = method.model.features(images)
         return (f if keep is None else f[:, keep.to(f.device)]).flatten(2).double()      # B × C × positions
 
     # per-position sums in float64: mean and covariance from one pass over the training images
@@ -87,7 +88,7 @@ def padim_maps(method, data, train_idx: list[int], max_channels: int = 200, ridg
     for _, images in image_batches([data.train[i] for i in train_idx], bs, dev):
         f = features(images)
         if total is None:
-            grid = method.feature_size
+            grid = method.model.feature_size
             total = torch.zeros(f.shape[1:], dtype=torch.float64, device=dev)
             outer = torch.zeros(f.shape[2], f.shape[1], f.shape[1], dtype=torch.float64, device=dev)
         total += f.sum(0)
@@ -107,8 +108,8 @@ def padim_maps(method, data, train_idx: list[int], max_channels: int = 200, ridg
         d = features(images).float() - mean
         dist = torch.einsum("bcp,pcd,bdp->bp", d, precision, d).clamp_min(0).sqrt().view(-1, 1, grid, grid)
         amap = F.interpolate(dist, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        if method.distance_smooth is not None:
-            amap = method.distance_smooth(amap)
+        if method.distance.smooth is not None:
+            amap = method.distance.smooth(amap)
         maps.append(amap[:, 0].cpu().numpy())
         scores.append(amap.flatten(1).amax(1).cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores), np.stack(masks), (c, channels, grid, n)

@@ -27,17 +27,19 @@ METRICS = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from apps.common.diagnostics import image_batches, open_or_report, open_run_data, run_parser
+    from _common import open_run, run_parser
 
     args = run_parser(__doc__, "VMPFD-AD", data=True).parse_args(argv)
 
+    from apps.common import image_batches
     from apps.vmpfd import APP
     from ssmad.core import SsmadError, build
     from ssmad.scoring import evaluate
 
-    if (opened := open_or_report(open_run_data, APP, args, "VMPFD-AD")) is None:
+    if (opened := open_run(APP, args, "VMPFD-AD", with_data=True)) is None:
         return 2
-    method, config, data, train_idx, val_idx = opened
+    _, method, run_data = opened
+    config, data, train_idx, val_idx = run_data.config, run_data.dataset, run_data.train_idx, run_data.val_idx
     if not val_idx or len(data.test) == 0:
         print(f"error: {args.run}: needs held-out normal images and a test split", file=sys.stderr)
         return 2
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         """Maps (N×1×H×W) of three simple density models of the pooled PDN features in place of the network."""
         def pooled(ss) -> torch.Tensor:                                  # N×channels×grid×grid, float64
             with torch.no_grad():
-                parts = [method.pdn_features(images).cpu() for _, images in image_batches(ss, 16, method.device)]
+                parts = [method.model.pdn_features(images).cpu() for _, images in image_batches(ss, 16, method.device)]
             return torch.cat(parts)[:, keep].double()
 
         def mahalanobis(fit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:   # (P×)n×c, (P×)m×c → (P×)m
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         row(f"{branch}, as used (quantile normalised)", test_maps[branch])
         for mode in ("subtract", "zscore"):
             try:
-                norm = build("postprocess", "position_norm", mode=mode).fit(val_maps[branch])
+                norm = build("normaliser", "position_norm", mode=mode).fit(val_maps[branch])
             except SsmadError as exc:  # a z-score needs two validation images
                 print(f"{branch}, position_norm {mode}: not computed ({exc})")
                 continue

@@ -22,6 +22,8 @@ def load_script():
     """``load_script("name")``: the module of ``scripts/name.py`` (the scripts are not a package)."""
 
     def load(name: str):
+        if str(SCRIPTS) not in sys.path:   # as when a script runs: its folder first, for _common and its siblings
+            sys.path.insert(0, str(SCRIPTS))
         spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module   # dataclasses look their module up while the module runs

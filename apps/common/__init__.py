@@ -3,7 +3,9 @@ command line built on it, config files, run folders, checkpoints, the training l
 plugs in by subclassing :class:`apps.common.method.Method`."""
 
 from .app import App
+from .data import image_batches
+from .evaluate import by_defect_type
 from .predictor import Prediction
-from .run import Run
+from .run import Run, RunData
 
-__all__ = ["App", "Prediction", "Run"]
+__all__ = ["App", "Prediction", "Run", "RunData", "by_defect_type", "image_batches"]

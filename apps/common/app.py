@@ -54,6 +54,13 @@ class App:
                             device, out, resume, test)
         return train(self, opts)
 
+    def config(self, preset: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+        """The configuration ``train`` would use: pipeline.toml ← ``preset`` ← ``overrides`` (``KEY=VALUE``); a
+        ConfigError naming a bad key or value."""
+        from .config import load_config
+
+        return load_config(self.app_dir, preset, None, [str(o) for o in overrides])
+
     def open(self, path: str | Path, verb: str = "test"):
         """The run at ``path`` (:meth:`apps.common.run.Run.open`), which must be this app's."""
         from .run import Run

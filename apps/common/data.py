@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,3 +106,11 @@ def loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed:
     g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
                       drop_last=drop_last, persistent_workers=False)
+
+
+def image_batches(samples: Sequence, size: int, device) -> Iterator[tuple[list, torch.Tensor]]:
+    """``(chunk, images)`` over ``samples`` (a list or a dataset, read a chunk at a time): the chunk's samples and
+    their images stacked on ``device``."""
+    for start in range(0, len(samples), size):
+        chunk = [samples[i] for i in range(start, min(start + size, len(samples)))]
+        yield chunk, torch.stack([s.image for s in chunk]).to(device)

@@ -15,6 +15,7 @@ import contextlib
 import shlex
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,23 @@ from .runs import load_checkpoint
 
 if TYPE_CHECKING:
     from .app import App
+
+
+@dataclass
+class RunData:
+    """The data of a run (:meth:`Run.data`): ``config`` (the run's, with the data where it is now), ``dataset``
+    (``.train``, ``.test``: sample lists), and the indices of ``dataset.train`` it trained on (``train_idx``) and
+    held out for its fits and thresholds (``val_idx``)."""
+
+    config: dict[str, Any]
+    dataset: Any
+    train_idx: list[int]
+    val_idx: list[int]
+
+    @property
+    def held_out(self) -> list:
+        """The held-out normal training samples."""
+        return [self.dataset.train[i] for i in self.val_idx]
 
 
 class Run:
@@ -142,6 +160,32 @@ class Run:
 
         return list(self.iter_predict(collect_images([str(i) for i in inputs]), threshold=threshold, device=device,
                                       batch_size=batch_size, branches=branches))
+
+    def data(self, data: str | None = None, category: str | None = None,
+             data_params: Sequence[str] = ()) -> RunData:
+        """The run's dataset (or the one ``data`` ``KIND:PATH`` names, with ``category`` and ``data_params``: the
+        run's data where it is now), its test split checked against the run's as ``test`` does, and the split of its
+        training images; a DataError when the data is missing or its test split now holds training images."""
+        from .data import split_validation
+        from .evaluate import open_run_dataset
+        from .training import DataChoice
+
+        choice = DataChoice(data, category, tuple(data_params)).check()
+        config, dataset = open_run_dataset(self.path, self.config, choice, "the same command with --data KIND:PATH")
+        train_idx, val_idx = split_validation(dataset.train, float(config["train"]["val_fraction"]),
+                                              int(config["train"]["seed"]))
+        return RunData(config, dataset, train_idx, val_idx)
+
+    def infer(self, samples, indices: Sequence[int] | None = None, *, device: Any = "auto",
+              batch_size: int = 8, progress: str | None = None):
+        """``(scores (N,), maps (N, H, W), branch maps {name: (N, H, W)}, info)`` of dataset samples (all, or
+        ``indices``) at the model's input size, float32 numpy; ``info["masks"]`` the ground truth (N, H, W) bool,
+        ``info["per_image_s"]`` the time. ``progress``: a label for progress lines on stderr."""
+        from .inference import infer
+
+        with self.quiet():
+            return infer(self.method(device), samples, None if indices is None else list(indices), batch_size,
+                         progress)
 
     def evaluate(self, *, out: str | Path | None = None, figures: int = 8, device: Any = "auto",
                  batch_size: int | None = None, data: str | None = None, category: str | None = None,

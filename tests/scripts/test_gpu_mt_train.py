@@ -1,4 +1,4 @@
-"""scripts/gpu_session.py, the prepared work of a lent GPU: staging here, and the run end to end (here on a CPU
+"""scripts/gpu_mt_train.py, ALMRR on Magnetic-tile-defect on a GPU: staging, and the run end to end (here on a CPU
 with --quick: smoke preset, tiny Magnetic-tile-defect-like data, both reconstructors side by side)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 @pytest.fixture(scope="module")
 def script(load_script):
-    return load_script("gpu_session")
+    return load_script("gpu_mt_train")
 
 
 def _save(path, array):
@@ -85,7 +85,7 @@ def test_quick_run_trains_both_reconstructors_and_reports(script, staged, tmp_pa
                       "--data", str(staged), "--work", str(work), "--out", str(out), "--workers", "0",
                       "--deadline-minutes", "8", "--test-minutes", "3"])
     assert rc == 0, capsys.readouterr()
-    res = json.loads((out / "session.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     assert [r["reconstructor"] for r in res["runs"]] == ["vim", "cnn1x1"]
     for r in res["runs"]:
         assert r["status"] == "ok" and r["epochs"] == 1
@@ -97,7 +97,7 @@ def test_quick_run_trains_both_reconstructors_and_reports(script, staged, tmp_pa
     for name in ("almrr-vim", "almrr-cnn1x1"):
         assert {f"{name}/train.log", f"{name}/report/metrics.json", f"{name}/console.log"} <= names
     assert not any("figures" in n or n.endswith(".pt") for n in names)
-    md = (out / "session.md").read_text()
+    md = (out / "results.md").read_text()
     assert "| vim | ok | 1 |" in md and "| cnn1x1 | ok | 1 |" in md
 
 
@@ -106,4 +106,4 @@ def test_errors_are_one_line(script, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: --mt {tmp_path / 'nope'}: no such folder"
     assert script.main(["run", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: staged data missing: ") and "gpu_session.py stage" in err and "\n" not in err
+    assert err.startswith("error: staged data missing: ") and "gpu_mt_train.py stage" in err and "\n" not in err

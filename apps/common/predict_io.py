@@ -16,8 +16,9 @@ from typing import Any
 
 from ssmad.core import ConfigError, DataError
 from ssmad.core.files import atomic_write_text
+from ssmad.datasets.io import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)   # what the datasets read (ssmad.datasets.io)
 #: the folders of ``predict``'s outputs in ``--out``
 OUTPUT_FOLDERS = ("overlays", "masks", "maps")
 CSV_NAME = "predictions.csv"

@@ -40,6 +40,13 @@ def torch_scan() -> Any:
     return selective_scan_torch
 
 
+def chunked_scan() -> Any:
+    """Selective scan in plain tensor ops, chunk by chunk (no custom kernel, no per-step loop: exports to ONNX)."""
+    from .chunked import selective_scan_chunked
+
+    return selective_scan_chunked
+
+
 def cpu_scan() -> Any:
     """Selective scan by a C++ kernel compiled on first use (CPU tensors; needs a C++ compiler)."""
     from .cpu_kernel import selective_scan_cpu
@@ -81,6 +88,7 @@ def ssmad_register(register) -> None:
     register("scan", "reference", reference_scan)
     register("scan", "torch", torch_scan)
     register("scan", "cpu", cpu_scan)
+    register("scan", "chunked", chunked_scan)
     if importlib.util.find_spec("triton") is not None:     # found without importing it (listing stays fast)
         register("scan", "triton", triton_scan)
     if mamba_ssm_available():

@@ -39,13 +39,15 @@ class WeightedFusion:
         if len(maps) != len(self.weights):
             raise ConfigError(f"fusion 'weighted': got {len(maps)} maps but {len(self.weights)} weights "
                               f"(parameter 'weights' = {list(self.weights)})")
-        shapes = {tuple(m.shape) if hasattr(m, "shape") else tuple(np.shape(m)) for m in maps}
-        if len(shapes) != 1:
+        # (not while a graph is traced for export: its sizes are symbols, which a check would fix to one value)
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        shapes = set() if tracing else {tuple(m.shape) if hasattr(m, "shape") else tuple(np.shape(m)) for m in maps}
+        if len(shapes) > 1:
             raise DataError(f"fusion 'weighted': maps must share one shape, got {sorted(shapes)}")
         if isinstance(maps[0], torch.Tensor):
             first = maps[0]
             dtype = first.dtype if first.is_floating_point() else torch.float32
-            out = torch.zeros(first.shape, dtype=dtype, device=first.device)
+            out = torch.zeros_like(first, dtype=dtype)
             for w, m in zip(self.weights, maps):
                 out = out + w * torch.as_tensor(m, device=first.device).to(dtype)
             return out

@@ -17,6 +17,6 @@ pkgs=()
 for p in core ssm backbones synth heads scoring datasets; do pkgs+=(-e "packages/$p"); done
 # compat mode: plain .pth path entries, the most robust editable form for the PEP 420 namespace `ssmad`
 .venv/bin/python -m pip install -q -c constraints.txt --config-settings editable_mode=compat \
-    "${pkgs[@]}" -e ".[dev]"
+    "${pkgs[@]}" -e ".[dev,export,openvino]"
 echo "$want" > "$stamp"
 echo "set-up done: .venv ready"

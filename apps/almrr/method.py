@@ -275,6 +275,11 @@ class ALMRR(Method):
             note += f"; image score of refined + {self.image_weight:g} x scaled distance"
         return note
 
+    def scoring_parts(self) -> dict[str, Any]:
+        d = self.distance
+        return {"distance": d.metric, "distance_norm": d.norm, "distance_smooth": d.smooth, "distance_scale": d.scale,
+                "score": self.score}
+
     def branch_score(self, maps):
         """The distance map alone scores as with the refiner disabled: by the pipeline's ``score`` (box-filter max)."""
         return self.score(maps)

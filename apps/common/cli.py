@@ -1,5 +1,5 @@
-"""The command line of both apps: ``train``, ``test``, ``predict``, ``components``. Each verb parses its flags,
-calls the Python API (:mod:`apps.common.app`, :mod:`apps.common.run`) and prints; errors a user can cause are one
+"""The command line of both apps: ``train``, ``test``, ``predict``, ``export``, ``components``. Each verb parses its
+flags, calls the Python API (:mod:`apps.common.app`, :mod:`apps.common.run`) and prints; errors a user can cause are one
 ``error:`` line and exit 2."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ssmad.core import CheckpointError, ConfigError, SsmadError
+from ssmad.core.device import PRECISIONS
 
 from .config import presets
+from .export import FORMATS
 from .predict_io import NAMING
 from .training import DataChoice, TrainOptions, TrainState, out_folder
 
@@ -78,8 +80,11 @@ def parser(app: App) -> argparse.ArgumentParser:
     te.add_argument("--batch-size", type=positive_int, help="images per batch (default train.eval_batch_size)")
     add_data_flags(te, "evaluate on this dataset (KIND:PATH) instead of the run's own, e.g. where the run's data "
                        "moved; the run's [data.params] are kept for the same KIND")
-    pr = sub.add_parser("predict", help="score images with a trained run", epilog=NAMING)
-    pr.add_argument("--run", required=True, help="run folder")
+    te.add_argument("--precision", choices=PRECISIONS, help="of the networks (default the run's train.precision)")
+    pr = sub.add_parser("predict", help="score images with a trained run or an exported model", epilog=NAMING)
+    source = pr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder")
+    source.add_argument("--model", help="an exported model (.onnx, .xml, .pt2, with its .json beside it)")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder (refused when it holds an earlier predict's "
                                                  "results, unless --overwrite)")
@@ -91,6 +96,12 @@ def parser(app: App) -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, help="image decision threshold (default: from validation images)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", type=positive_int, default=8)
+    pr.add_argument("--precision", choices=PRECISIONS, help="with --run: of the networks (default the run's)")
+    pr.add_argument("--threads", type=positive_int, help="with --model: the runtime's threads")
+    ex = sub.add_parser("export", help="export a finished run to ONNX, OpenVINO or torch.export")
+    ex.add_argument("--run", required=True, help="run folder (finished: with model.pt)")
+    ex.add_argument("--format", default="onnx", choices=list(FORMATS), help="default onnx")
+    ex.add_argument("--out", required=True, help="the model file (.onnx, .xml, .pt2); FILE.json is written beside")
     co = sub.add_parser("components", help="the default pipeline and the alternatives for each role")
     co.add_argument("--json", action="store_true")
     return p
@@ -153,7 +164,8 @@ def cmd_test(app: App, args, state: TrainState, unfinished: list[str]) -> int:
         if not run.finished:
             unfinished.append(run.finish_hint())
         opened.append(run)
-    evaluate_runs(app, opened, out, device, figures=args.figures, batch_size=args.batch_size, data=choice)
+    evaluate_runs(app, opened, out, device, figures=args.figures, batch_size=args.batch_size, data=choice,
+                  precision=args.precision)
     return 0
 
 
@@ -167,12 +179,19 @@ def cmd_predict(app: App, args, state: TrainState, unfinished: list[str]) -> int
         raise ConfigError(f"--out {out}: already holds the results of an earlier predict "
                           f"({len(earlier.on_disk())} files listed in {pio.MANIFEST_NAME}); choose another folder, or "
                           f"give --overwrite to replace them (nothing was changed)")
-    run = Run.open(Path(args.run), app, "predict")
-    method = run.method(args.device)
+    if args.model:
+        from .exported import ExportedModel
+
+        run = ExportedModel.open(args.model, args.threads)
+        if run.app != app.name:
+            raise CheckpointError(f"--model {args.model}: exported from apps.{run.app}, not apps.{app.name}")
+    else:
+        run = Run.open(Path(args.run), app, "predict")
+        run.method(args.device, args.precision)   # a bad device or precision: one error before anything is read
     files = pio.collect_images(args.inputs, skip=[out / sub for sub in pio.OUTPUT_FOLDERS])
     if (text := run.unfinished_note("predict")) is not None:
         print(f"note: {text}", file=sys.stderr, flush=True)
-        if not run.finished:
+        if not getattr(run, "finished", True):
             unfinished.append(run.finish_hint())
     thresholds = run.thresholds
     threshold = args.threshold if args.threshold is not None else thresholds.get("image")
@@ -182,11 +201,11 @@ def cmd_predict(app: App, args, state: TrainState, unfinished: list[str]) -> int
         pio.branch_clashes(out, stems, earlier) if args.save_maps else []), earlier)
     if earlier is not None:
         earlier.remove()
-    manifest = pio.Manifest(out, str(args.run))
+    manifest = pio.Manifest(out, str(args.model or args.run))
     manifest.record([pio.CSV_NAME])
     rows: dict[int, dict[str, str]] = {}
-    preds = run.iter_predict(files, threshold=threshold, device=method.device, batch_size=args.batch_size,
-                             branches=args.save_maps)
+    preds = run.iter_predict(files, threshold=threshold, device=args.device, batch_size=args.batch_size,
+                             branches=args.save_maps, precision=args.precision)
     try:
         for k, pred in enumerate(preds):
             rows[k] = row = pio.write_prediction(out, manifest, stems[k], pred, thresholds, threshold, args.save_maps)
@@ -204,6 +223,16 @@ def cmd_predict(app: App, args, state: TrainState, unfinished: list[str]) -> int
     return 2 if failed else 0
 
 
+def cmd_export(app: App, args, state: TrainState, unfinished: list[str]) -> int:
+    from .run import Run
+
+    out = Path(args.out)
+    Run.open(Path(args.run), app, "export").export(out, args.format)
+    quoted = _quote(out)
+    print(f"  predict: python -m apps.{app.name} predict --model {quoted} IMAGES --out OUT", flush=True)
+    return 0
+
+
 def cmd_components(app: App, args, state: TrainState, unfinished: list[str]) -> int:
     rows = app.components()
     if args.json:
@@ -219,7 +248,8 @@ def cmd_components(app: App, args, state: TrainState, unfinished: list[str]) -> 
     return 0
 
 
-VERBS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "components": cmd_components}
+VERBS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "export": cmd_export,
+         "components": cmd_components}
 
 
 def _quote(path: Path) -> str:

@@ -75,10 +75,11 @@ class TestImages(Sequence):
 
 def evaluate_runs(app: App, runs: Sequence[Run | Path], out: Path | None, device, figures: int = 8,
                   batch_size: int | None = None, method=None, data: DataChoice | None = None, thresholds=None,
-                  quiet: bool = False) -> dict[str, dict[str, float]]:
+                  quiet: bool = False, precision: str | None = None) -> dict[str, dict[str, float]]:
     """Test each run on its test split (or on the dataset ``data`` names) and write the report to ``out`` (None:
     nothing written); return the metrics per category plus ``mean``. ``method`` and ``thresholds``: the model of
-    the one run just trained and its decision thresholds (else read from the run). ``quiet``: print nothing but
+    the one run just trained and its decision thresholds (else read from the run); ``precision``: of the networks
+    (default each run's). ``quiet``: print nothing but
     notes."""
     from ssmad.core.device import resolve_device
     from ssmad.scoring import evaluate
@@ -96,7 +97,7 @@ def evaluate_runs(app: App, runs: Sequence[Run | Path], out: Path | None, device
         run = item if isinstance(item, Run) else Run.open(item, app, "test")
         run_thresholds, this_method = thresholds, method
         if this_method is None or len(runs) > 1:
-            this_method = run.method(device)
+            this_method = run.method(device, precision)
             if (text := run.unfinished_note("test")) is not None:
                 print(f"note: {text}", file=sys.stderr, flush=True)
             run_thresholds = run.thresholds

@@ -133,6 +133,11 @@ class Method(ABC):
         None."""
         return None
 
+    def scoring_parts(self) -> dict[str, Any]:
+        """The components outside :attr:`modules` that ``predict`` uses, by pipeline role (fitted statistics, map
+        post-processing, the score): an export checks that each can be exported. Default: none."""
+        return {}
+
     def branch_score(self, maps: np.ndarray) -> np.ndarray:
         """Image scores of a branch map reported alone (N×H×W numpy): its maximum. Methods whose own score is not the
         plain maximum override this, so that a branch scores as the method would score it."""

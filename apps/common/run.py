@@ -112,18 +112,22 @@ class Run:
         return f"use --run {shlex.quote(str(self.path))} for its model.pt"
 
     # -- scoring ------------------------------------------------------------------------------------------------
-    def method(self, device: Any = "auto"):
+    def method(self, device: Any = "auto", precision: str | None = None):
         """The run's method on ``device`` ("auto", "cpu", "cuda[:N]" or a torch.device), in eval mode (built once
-        per device). A ConfigError when a scan backend it names cannot run there."""
-        from ssmad.core.device import resolve_device
+        per device and precision). ``precision``: "auto", "fp32", "bf16" or "fp16" for its networks (default the
+        run's ``train.precision``; an exported model computes in fp32). A ConfigError when a scan backend it names
+        cannot run there, or for a precision the device lacks."""
+        from ssmad.core.device import resolve_device, resolve_precision
 
         device = resolve_device(device) if isinstance(device, str) else device
-        key = str(device)
+        key = f"{device}/{precision}"
         if key not in self._methods:
             method = self.app.method_cls(self.config, device, for_training=False)
             method.scan_backends()    # a scan backend named for another device: one error before anything is scored
             method.load_state_dict(self.checkpoint["state"])
             method.train(False)
+            if precision is not None:
+                method.precision = resolve_precision(precision, device)
             self._methods[key] = method
         return self._methods[key]
 
@@ -139,11 +143,12 @@ class Run:
             yield
 
     def iter_predict(self, files: Sequence[str | Path], *, threshold: float | None = None, device: Any = "auto",
-                     batch_size: int = 8, branches: bool = False) -> Iterator[Prediction]:
+                     batch_size: int = 8, branches: bool = False, precision: str | None = None
+                     ) -> Iterator[Prediction]:
         """One :class:`~apps.common.predictor.Prediction` per image file, in order, scored ``batch_size`` at a time
         (a failing image is a Prediction with ``error``). ``threshold``: the image decision threshold (default the
-        run's own); ``branches``: also each branch map alone."""
-        method = self.method(device)
+        run's own); ``branches``: also each branch map alone; ``precision``: as for :meth:`method`."""
+        method = self.method(device, precision)
         threshold = self.thresholds.get("image") if threshold is None else threshold
         files = [Path(f) for f in files]
         with self.quiet():
@@ -151,7 +156,7 @@ class Run:
                 yield from predict_files(method, files[start:start + batch_size], threshold, branches=branches)
 
     def predict(self, inputs: Sequence[str | Path], *, threshold: float | None = None, device: Any = "auto",
-                batch_size: int = 8, branches: bool = False) -> list[Prediction]:
+                batch_size: int = 8, branches: bool = False, precision: str | None = None) -> list[Prediction]:
         """Score image files and folders (searched recursively, hidden files skipped): a list of
         :class:`~apps.common.predictor.Prediction`, one per image, ``anomaly_map`` float32 H×W at the image's own
         resolution, ``error`` None or why it has no result. A DataError when an input does not exist or a folder
@@ -159,7 +164,7 @@ class Run:
         from .predict_io import collect_images
 
         return list(self.iter_predict(collect_images([str(i) for i in inputs]), threshold=threshold, device=device,
-                                      batch_size=batch_size, branches=branches))
+                                      batch_size=batch_size, branches=branches, precision=precision))
 
     def data(self, data: str | None = None, category: str | None = None,
              data_params: Sequence[str] = ()) -> RunData:
@@ -189,7 +194,7 @@ class Run:
 
     def evaluate(self, *, out: str | Path | None = None, figures: int = 8, device: Any = "auto",
                  batch_size: int | None = None, data: str | None = None, category: str | None = None,
-                 data_params: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+                 data_params: Sequence[str] = (), precision: str | None = None) -> dict[str, dict[str, float]]:
         """The metrics of the run on its test split (or on ``data`` ``KIND:PATH``, with ``category`` and
         ``data_params`` ``KEY=VALUE``), per category plus ``mean``, as ``test`` reports; with ``out`` the report
         (Markdown, JSON, figures) is written there too."""
@@ -198,7 +203,16 @@ class Run:
 
         choice = DataChoice(data, category, tuple(data_params)).check()
         return evaluate_runs(self.app, [self], None if out is None else Path(out), device, figures=figures,
-                             batch_size=batch_size, data=choice, quiet=out is None)
+                             batch_size=batch_size, data=choice, quiet=out is None, precision=precision)
+
+    def export(self, out: str | Path, format: str = "onnx", log=print) -> Path:
+        """Export the finished run's scoring path to ``out`` (``format``: "onnx", "openvino" or "torch_export"; see
+        :mod:`apps.common.export`), with its sidecar ``out.json``; score it with
+        :class:`apps.common.exported.ExportedModel` or ``predict --model``. A CheckpointError for an unfinished run,
+        a ConfigError for a component that cannot be exported or a missing optional package."""
+        from .export import export_run
+
+        return export_run(self, out, format, log=log)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, app={self.app.name!r}, finished={self.finished})"

@@ -188,6 +188,10 @@ class VMPFD(Method):
         self.norm_local.fit(torch.cat(lams))
         self.norm_global.fit(torch.cat(gams))
 
+    def scoring_parts(self) -> dict[str, Any]:
+        return {"smooth_global": self.smooth, "norm_local": self.norm_local, "norm_global": self.norm_global,
+                "fusion": self.fusion}
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyOutput:
         lam, gam = self.raw_maps(images)

@@ -63,3 +63,60 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
         y = y * F.silu(z.to(ct))
     out = y.to(u.dtype)
     return (out, h) if return_last_state else out
+
+
+def selective_scan_prefix(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                          z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                          return_last_state: bool = False):
+    """The same contract as :func:`selective_scan_chunked`, as a log-depth prefix scan (Hillis–Steele) over the
+    pairs (a_t, x_t) with (a, x) ∘ (a', x') = (a a', a' x + x'): ⌈log₂ L⌉ steps of whole-sequence tensor ops, each
+    of the work of one sequential pass. Products of decays only shrink (no overflow). A graph of a few nodes per
+    step; more arithmetic than the sequential scan by the factor log₂ L."""
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    ct = _compute_dtype(u)
+    dl = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    uu = u.to(ct)
+    a = torch.exp(dl.unsqueeze(-1) * A.to(ct)[:, None, :])            # B×D×L×N
+    h = (dl * uu).unsqueeze(-1) * B.to(ct).transpose(1, 2).unsqueeze(1)
+    length = u.shape[-1]
+    step = 1
+    while step < length:
+        h = h + a * F.pad(h, (0, 0, step, 0))[:, :, :length]          # h_t += a_t · h_{t-step}
+        if step * 2 < length:
+            a = a * F.pad(a, (0, 0, step, 0), value=1.0)[:, :, :length]
+        step *= 2
+    y = (h * C.to(ct).transpose(1, 2).unsqueeze(1)).sum(-1)
+    if D is not None:
+        y = y + uu * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    out = y.to(u.dtype)
+    return (out, h[:, :, -1]) if return_last_state else out
+
+
+def selective_scan_unrolled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                            z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                            return_last_state: bool = False):
+    """The same contract as :func:`selective_scan_chunked`, as the sequential recurrence written out step by step
+    over whole-batch tensors (B×D×N a step): the least arithmetic, one small block of a graph per step (a tracer
+    unrolls the loop: L steps, about four nodes each)."""
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    ct = _compute_dtype(u)
+    dl = _prepare_delta(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    uu = u.to(ct)
+    # time-major, so that each step is one slice of one split
+    a = torch.exp(dl.permute(2, 0, 1).unsqueeze(-1) * A.to(ct))                      # L×B×D×N
+    x = (dl * uu).permute(2, 0, 1).unsqueeze(-1) * B.to(ct).permute(2, 0, 1).unsqueeze(2)
+    c = C.to(ct).permute(2, 0, 1).unsqueeze(-1)                                       # L×B×N×1
+    h = None
+    ys = []
+    for a_t, x_t, c_t in zip(a.unbind(0), x.unbind(0), c.unbind(0), strict=True):
+        h = x_t if h is None else a_t * h + x_t
+        ys.append(torch.matmul(h, c_t))                                              # B×D×1
+    y = torch.cat(ys, dim=-1)
+    if D is not None:
+        y = y + uu * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    out = y.to(u.dtype)
+    return (out, h) if return_last_state else out

@@ -23,6 +23,16 @@ from .ops import _check, _compute_dtype, _prepare_delta
 DEFAULT_CHUNK = 16
 
 
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, dtype: torch.dtype, last: Tensor | None):
+    """y + D·u, gated by silu(z), in the input dtype; with the last state when one is given."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    out = y.to(dtype)
+    return (out, last) if last is not None else out
+
+
 def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                            z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                            return_last_state: bool = False, chunk: int = DEFAULT_CHUNK):
@@ -57,12 +67,7 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
         ys.append((states * ctr[:, start:stop].transpose(1, 2).unsqueeze(1)).sum(2))   # B×D×T
         h = states[..., -1]                                         # B×D×N
     y = torch.cat(ys, dim=-1)
-    if D is not None:
-        y = y + uu * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    out = y.to(u.dtype)
-    return (out, h) if return_last_state else out
+    return _finish(y, uu, D, z, u.dtype, h if return_last_state else None)
 
 
 def selective_scan_prefix(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -86,12 +91,7 @@ def selective_scan_prefix(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
             a = a * F.pad(a, (0, 0, step, 0), value=1.0)[:, :, :length]
         step *= 2
     y = (h * C.to(ct).transpose(1, 2).unsqueeze(1)).sum(-1)
-    if D is not None:
-        y = y + uu * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    out = y.to(u.dtype)
-    return (out, h[:, :, -1]) if return_last_state else out
+    return _finish(y, uu, D, z, u.dtype, h[:, :, -1] if return_last_state else None)
 
 
 def selective_scan_unrolled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -114,9 +114,4 @@ def selective_scan_unrolled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
         h = x_t if h is None else a_t * h + x_t
         ys.append(torch.matmul(h, c_t))                                              # B×D×1
     y = torch.cat(ys, dim=-1)
-    if D is not None:
-        y = y + uu * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    out = y.to(u.dtype)
-    return (out, h) if return_last_state else out
+    return _finish(y, uu, D, z, u.dtype, h if return_last_state else None)

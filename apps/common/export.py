@@ -1,8 +1,8 @@
 """Export a finished run's whole scoring path into one file that runs without this code: ONNX (onnxruntime),
 OpenVINO IR, or a ``torch.export`` program.
 
-The exported graph is the method's ``predict`` traced in fp32 with every Mamba mixer on the log-depth ``prefix`` selective
-scan (plain tensor operations; the C++, Triton and mamba_ssm kernels do not trace): ImageNet normalisation, the
+The exported graph is the method's ``predict`` traced in fp32 with every Mamba mixer on the log-depth ``prefix``
+selective scan (plain tensor operations; the C++, Triton and mamba_ssm kernels do not trace): ImageNet normalisation, the
 frozen backbone, the networks, every fitted statistic (distances, normalisations, quantiles) as constants, the map
 post-processing and the image score.
 

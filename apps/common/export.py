@@ -2,9 +2,9 @@
 OpenVINO IR, or a ``torch.export`` program.
 
 The exported graph is the method's ``predict`` traced in fp32 with every Mamba mixer on the log-depth ``prefix``
-selective scan (plain tensor operations; the C++, Triton and mamba_ssm kernels do not trace): ImageNet normalisation, the
-frozen backbone, the networks, every fitted statistic (distances, normalisations, quantiles) as constants, the map
-post-processing and the image score.
+selective scan (plain tensor operations; the C++, Triton and mamba_ssm kernels do not trace): ImageNet
+normalisation, the frozen backbone, the networks, every fitted statistic (distances, normalisations, quantiles) as
+constants, the map post-processing and the image score.
 
 - input ``images``: float32 B×3×S×S, RGB in [0, 1], S the run's ``data.image_size`` (resize each image to S×S,
   bilinear with antialiasing, as the run's datasets do; ``predict --model`` does that); any batch size;

@@ -72,9 +72,8 @@ class ALMRR(Method):
         if reconstructor is None:
             raise ConfigError("pipeline.reconstructor: ALMRR needs a reconstructor")
         refiner = build_role(config, "refiner", in_channels=len(m.refiner_inputs), out_channels=2)
-        self.model = ALMRRModel(backbone, reconstructor, refiner, feature_size=m.feature_size,
+        self.modules = ALMRRModel(backbone, reconstructor, refiner, feature_size=m.feature_size,
                                 refiner_inputs=m.refiner_inputs, precision=self.precision, device=device)
-        self.modules = self.model
         if component(config, "synth") is None:
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
         # built now for training (a bad texture folder fails at once), else when first used (scoring images needs

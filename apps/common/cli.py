@@ -191,7 +191,7 @@ def cmd_predict(app: App, args, state: TrainState, unfinished: list[str]) -> int
     files = pio.collect_images(args.inputs, skip=[out / sub for sub in pio.OUTPUT_FOLDERS])
     if (text := run.unfinished_note("predict")) is not None:
         print(f"note: {text}", file=sys.stderr, flush=True)
-        if not getattr(run, "finished", True):
+        if not run.finished:
             unfinished.append(run.finish_hint())
     thresholds = run.thresholds
     threshold = args.threshold if args.threshold is not None else thresholds.get("image")

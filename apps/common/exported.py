@@ -20,12 +20,14 @@ import numpy as np
 from ssmad.core import AnomalyOutput, CheckpointError, ConfigError
 
 from .export import FORMATS, SIDECAR_FORMAT, sidecar_path
-from .predictor import Prediction, predict_files
+from .predictor import Prediction, predict_in_batches
 
 
 class ExportedModel:
     """An exported model file with its sidecar. ``meta``: the sidecar; ``config``: what scoring reads of a run's
     configuration (``data.image_size``); ``device``: the CPU (the runtimes here run on it)."""
+
+    finished = True   # (exported from a finished run only)
 
     def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
         import torch
@@ -95,10 +97,7 @@ class ExportedModel:
                      branches: bool = False, **_: Any) -> Iterator[Prediction]:
         """As :meth:`apps.common.Run.iter_predict`, with the exported model."""
         threshold = self.thresholds.get("image") if threshold is None else threshold
-        files = [Path(f) for f in files]
-        scorer = _Scorer(self)
-        for start in range(0, len(files), batch_size):
-            yield from predict_files(scorer, files[start:start + batch_size], threshold, branches=branches)
+        yield from predict_in_batches(_Scorer(self), files, threshold, batch_size, branches)
 
     def predict(self, inputs: Sequence[str | Path], *, threshold: float | None = None, batch_size: int = 8,
                 branches: bool = False) -> list[Prediction]:

@@ -74,6 +74,11 @@ class Method(ABC):
             device=device)
 
     @property
+    def model(self) -> Networks:
+        """The method's torch model (:attr:`modules`, under the name its own class gives it)."""
+        return self.modules
+
+    @property
     def precision(self) -> str:
         """The networks' precision ("fp32", "bf16", "fp16"; ``train.precision`` resolved for the device)."""
         return self.modules.precision

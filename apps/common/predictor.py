@@ -100,6 +100,15 @@ def predict_files(method, files: Sequence[Path], threshold: float | None, branch
     yield from results
 
 
+def predict_in_batches(method, files: Sequence[str | Path], threshold: float | None, batch_size: int,
+                       branches: bool = False) -> Iterator[Prediction]:
+    """:func:`predict_files` over ``files``, ``batch_size`` at a time, in order (``method``: anything with
+    ``config``, ``device`` and ``predict(batch)``: a run's method or an exported model's scorer)."""
+    files = [Path(f) for f in files]
+    for start in range(0, len(files), batch_size):
+        yield from predict_files(method, files[start:start + batch_size], threshold, branches=branches)
+
+
 def _fail(r: Prediction, exc: Exception) -> None:
     r.error = f"cannot score image {r.path}: {type(exc).__name__}: {' '.join(str(exc).split())}"
     r.anomaly_map, r.branches, r.score, r.anomalous = None, {}, None, None

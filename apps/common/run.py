@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .predictor import Prediction, predict_files
+from .predictor import Prediction, predict_in_batches
 from .runs import load_checkpoint
 
 if TYPE_CHECKING:
@@ -150,10 +150,8 @@ class Run:
         run's own); ``branches``: also each branch map alone; ``precision``: as for :meth:`method`."""
         method = self.method(device, precision)
         threshold = self.thresholds.get("image") if threshold is None else threshold
-        files = [Path(f) for f in files]
         with self.quiet():
-            for start in range(0, len(files), batch_size):
-                yield from predict_files(method, files[start:start + batch_size], threshold, branches=branches)
+            yield from predict_in_batches(method, files, threshold, batch_size, branches)
 
     def predict(self, inputs: Sequence[str | Path], *, threshold: float | None = None, device: Any = "auto",
                 batch_size: int = 8, branches: bool = False, precision: str | None = None) -> list[Prediction]:

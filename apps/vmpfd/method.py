@@ -87,9 +87,8 @@ class VMPFD(Method):
             modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
             t_dim += latent.shape[1] if self.local_features == "concat" else 0
         modules["density"] = build_role(config, "density", in_channels=t_dim)
-        self.model = VMPFDModel(modules, grid=self.grid, pdn_size=self.pdn_size, local_features=self.local_features,
+        self.modules = VMPFDModel(modules, grid=self.grid, pdn_size=self.pdn_size, local_features=self.local_features,
                                 precision=self.precision, device=device)
-        self.modules = self.model
         self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
         self.norm_local = build_role(config, "norm_local")
         self.norm_global = build_role(config, "norm_global")

@@ -1,5 +1,6 @@
-"""The selective scan in plain tensor operations, chunk by chunk: the formulation an exported graph (ONNX,
-``torch.export``) can hold, since it has no custom kernel and no loop over time steps.
+"""The selective scan in plain tensor operations, in forms an exported graph (ONNX, ``torch.export``) can hold: no
+custom kernel and no loop over time steps (``chunked``, ``prefix``), or one written out step by step (``unrolled``).
+The apps' export uses ``prefix`` (benchmarks/export_scan.py compares them). The ``chunked`` form:
 
 Within a chunk of T steps that starts from state h₀ (per batch b, channel d, state n), with a_t = exp(Δ_t A) and
 x_t = Δ_t u_t B_t, the recurrence h_t = a_t h_{t-1} + x_t has the closed form

@@ -12,6 +12,9 @@ Writes ``DIR/gpu_checks.json`` and ``DIR/gpu_checks.md`` and prints the Markdown
   — and the time of the forward (no grad) and of forward+backward at the ALMRR shape (B 4, D 384, L 256, N 16),
   each backend's minimum over ``--repeats``; for ``triton`` also each launch setting (channels per program 4-32 ×
   warps 1-4), checked and timed, to set its defaults;
+- torchrun: one epoch of ALMRR's smoke preset launched by ``torchrun --nproc-per-node 1`` (the distributed
+  training path: process group, DistributedDataParallel, synchronised batch norms), with the backend it chose
+  (nccl on CUDA) and its exit code;
 - apps: the paper configurations (``pipeline.toml`` of each app; ALMRR's ResNet-50 with random weights, which
   cost the same time as ImageNet ones) at 256×256 — training images/s (forward, backward and an optimiser step on
   random inputs at the paper's batch: ALMRR 4, VMPFD-AD 48), inference images/s at batch 1 and 32, and the
@@ -232,6 +235,26 @@ def triton_settings(device: torch.device, repeats: int, shape=ALMRR_SHAPE) -> li
     return rows
 
 
+def torchrun_epoch(device: torch.device) -> dict[str, Any]:
+    """One smoke-preset epoch of ALMRR under ``torchrun --nproc-per-node 1`` on ``device``: exit code, backend,
+    seconds (the last lines of its output when it fails)."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                            "-m", "apps.almrr", "train", "--preset", "smoke", "--device", device.type, "--no-test",
+                            "--out", str(Path(tmp) / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        found = re.search(r"distributed: \d+ process\(es\), backend (\w+)", p.stdout)
+        res = {"exit_code": p.returncode, "backend": found.group(1) if found else "none",
+               "seconds": round(time.perf_counter() - t0, 1)}
+        if p.returncode != 0:
+            res["error"] = (p.stdout + p.stderr)[-600:]
+        return res
+
+
 def markdown(res: dict[str, Any]) -> str:
     env = res["environment"]
     lines = ["# GPU checks (scripts/gpu_checks.py)", "",
@@ -254,6 +277,11 @@ def markdown(res: dict[str, Any]) -> str:
             times = (f"{r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f}" if r["pass"]
                      else f"{r.get('error', '')} | ")
             lines.append(f"| {r['block_d']} | {r['num_warps']} | {'yes' if r['pass'] else 'NO'} | {times} |")
+    if "torchrun" in res:
+        t = res["torchrun"]
+        lines += ["", "## torchrun --nproc-per-node 1, one smoke epoch of ALMRR", "",
+                  f"exit code {t['exit_code']}, backend {t['backend']}, {t['seconds']} s"
+                  + (f"; output: {t['error']}" if "error" in t else "")]
     lines += ["", "## Apps, paper configurations" + (" (--quick: smoke presets)" if res["quick"] else ""), "",
               "| app | image | params (M) | train batch | train images/s | infer images/s b1 | infer images/s "
               "large batch | latency b1 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -300,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     res["scan_speed"] = scan_speed(device, [n for n in names if agreement[n]["pass"]], args.repeats, shape)
     save()
+    res["torchrun"] = torchrun_epoch(device)
+    save()
     res["apps"] = {}
     for app in ("almrr", "vmpfd"):
         try:
@@ -310,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     res["triton_settings"] = triton_settings(device, args.repeats, shape) if "triton" in names else []
     save()
     print(markdown(res))
-    return 0 if all(r["pass"] for r in agreement.values()) and not any("error" in r for r in res["apps"].values()) \
-        else 1
+    ok = all(r["pass"] for r in agreement.values()) and not any("error" in r for r in res["apps"].values())
+    return 0 if ok and res["torchrun"]["exit_code"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -135,16 +135,13 @@ class ALMRR(Method):
 
     # -- training ---------------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = batch["clean"].shape[0]
-        both = self.model.features(torch.cat([batch["clean"], batch["anomalous"]]))
-        target, feats = both[:n], both[n:]
-        recon = self.model.reconstruct(feats)
+        target = self.model.features(batch["clean"])
+        _, recon, logits = self.train_forward(batch["anomalous"])
         l_rec = F.mse_loss(recon, target)
         out = {"rec": l_rec}
         loss = self.lambdas["rec"] * l_rec
         if self.has_refiner:
-            logits = F.interpolate(self.model.refine(recon, feats), size=batch["mask"].shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
             l_focal = focal_loss(logits, batch["mask"], gamma=self.gamma)
             l_dice = dice_loss(torch.softmax(logits, 1)[:, 1:], batch["mask"])
             loss = loss + self.lambdas["focal"] * l_focal + self.lambdas["dice"] * l_dice

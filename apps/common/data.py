@@ -101,11 +101,13 @@ class Images(Dataset):
 
 
 def loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-           drop_last: bool = False) -> DataLoader:
+           drop_last: bool = False, sampler=None) -> DataLoader:
+    """A DataLoader of ``dataset``; ``sampler`` (e.g. a ``DistributedSampler``) gives the order instead of
+    ``shuffle``. The loader's generator (seeded ``seed``) seeds the workers."""
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
-                      drop_last=drop_last, persistent_workers=False)
+                      drop_last=drop_last, persistent_workers=False, sampler=sampler)
 
 
 def image_batches(samples: Sequence, size: int, device) -> Iterator[tuple[list, torch.Tensor]]:

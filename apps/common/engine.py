@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
-from ssmad.core import DataError, TrainingError, fmt_time
+from ssmad.core import ConfigError, DataError, TrainingError, fmt_time
 
+from . import distributed
 from .data import LazyImages, TrainItems, loader, open_data, split_validation
 from .inference import decision_thresholds, infer
 from .method import Method
@@ -73,9 +75,16 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = False, data=None) -> dict[str, Any]:
-    """Train ``method``; checkpoint every epoch; return the final payload (also written to ``model.pt``)."""
+    """Train ``method``; checkpoint every epoch; return the final payload (also written to ``model.pt``).
+
+    In a distributed training (:mod:`apps.common.distributed`: torchrun, one process per rank) every rank trains
+    its shard of each global batch of ``train.batch_size`` images; rank 0 alone writes the run folder, scores the
+    epochs (``train.select``) and fits the statistics and thresholds, which every rank then receives: the payload
+    is the same on every rank."""
     t = config["train"]
     seed = int(t["seed"])
+    world = distributed.world()
+    main = world.main
     seed_everything(seed)
     data = open_data(config, verify=True) if data is None else data
     train_idx, val_idx = split_validation(data.train, float(t["val_fraction"]), seed)
@@ -85,16 +94,34 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     if resume:   # before anything is written: a leaked image stops the resume with the run as it was
         for note in check_resumed_split(run_dir, data, train_idx, val_idx):
             print(f"note: {note}", file=sys.stderr, flush=True)
-    selector = Selector(method, config, run_dir, data.train, val_idx)
-    method.prepare(run_dir, data.train, train_idx)
-    if not resume:   # a resumed run's config.toml is rewritten with its first checkpoint (below)
+    if main:
+        selector = Selector(method, config, run_dir, data.train, val_idx)
+    else:   # the epochs are scored by rank 0 alone (in the folder it writes)
+        selector = Selector(method, {**config, "train": {**t, "select": "last"}}, run_dir, data.train, val_idx)
+    if main:   # rank 0 first: what prepare writes (a distilled PDN) the other ranks then read
+        method.prepare(run_dir, data.train, train_idx)
+    distributed.barrier()
+    if not main:
+        method.prepare(run_dir, data.train, train_idx)
+    if not resume and main:   # a resumed run's config.toml is rewritten with its first checkpoint (below)
         write_config(run_dir, config)
-    write_split(run_dir, data, train_idx, val_idx)
+    if main:
+        write_split(run_dir, data, train_idx, val_idx)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
-    batch_size = min(int(t["batch_size"]), len(items))
+    batch_size = min(int(t["batch_size"]), len(items))   # the global batch, over all ranks
+    if batch_size % world.size:
+        raise ConfigError(f"train.batch_size = {batch_size}: a distributed training splits each batch over its "
+                          f"{world.size} processes; give a multiple of {world.size}")
     # full batches only: the incomplete last one is dropped (the shuffle changes it every epoch), so batch norm
-    # never sees a batch of one image
-    dl = loader(items, batch_size, shuffle=True, workers=int(t["workers"]), seed=seed, drop_last=True)
+    # never sees a batch of one image. The sampler is the same for one process and for several: rank r takes
+    # positions r, r + size, ... of each epoch's permutation, so the ranks' batches together are the batch one
+    # process would train on
+    sampler = DistributedSampler(items, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    dl = loader(items, batch_size // world.size, shuffle=False, workers=int(t["workers"]), seed=seed,
+                drop_last=True, sampler=sampler)
+    if world.distributed:
+        method.parallel = distributed.data_parallel(method.model, method.parameters(), method.device)
     optimizer = method.make_optimizer()
     # fp16's narrow range needs its loss scaled (bf16 has fp32's range). The scale is not checkpointed: a resumed
     # fp16 run starts from the default scale and may skip a step or two the uninterrupted one did not
@@ -113,7 +140,8 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         else:   # a checkpoint of apps < 0.12 holds torch's generator only
             torch.set_rng_state(ckpt["torch_rng"])
         # history.jsonl as the checkpoint has it: a kill between the two writes of an epoch leaves them apart
-        write_history(run_dir, history)
+        if main:
+            write_history(run_dir, history)
         selector.resume(ckpt.get("best"))
         cut = bool(history) and start_epoch < history[-1]["epoch"] < start_epoch + 1
         again = f" (epoch {start_epoch + 1}, cut short by train.max_minutes, runs again in full)" if cut else ""
@@ -121,6 +149,9 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     log(run_dir, f"data: {config['data']['spec']} category={data.category or '-'}: {len(train_idx)} train, "
                  f"{len(val_idx)} validation, {len(data.test)} test images")
     log(run_dir, f"model: {method.describe()}; device {method.device}; {epochs} epochs x {len(dl)} steps")
+    if world.distributed:
+        log(run_dir, f"distributed: {world.size} process(es), backend {distributed.backend()}, "
+                     f"{batch_size // world.size} images per process and step")
     steps_total = epochs * len(dl)
     steps_done = start_epoch * len(dl)
     t_start = time.perf_counter()
@@ -131,6 +162,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     out_of_time = False
     for epoch in range(start_epoch, epochs):
         items.epoch = epoch
+        sampler.set_epoch(epoch)
         dl.generator.manual_seed(epoch_seed(seed, epoch))
         at_epoch_start = rng_state()   # what a checkpoint of an epoch cut short resumes from
         method.train(True)
@@ -140,7 +172,7 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
             batch = _to(batch, method.device)
             losses = method.train_step(batch)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            if distributed.any_rank(not bool(torch.isfinite(loss)), method.device):   # every rank stops
                 terms = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
                 where = f"; the checkpoint of epoch {epoch} is kept in {ckpt_path}" if ckpt_path.exists() else ""
                 raise TrainingError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
@@ -159,13 +191,14 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
                 terms = " ".join(f"{k} {v / (step + 1):.4f}" for k, v in sums.items())
                 log(run_dir, f"epoch {epoch + 1}/{epochs} step {step + 1}/{len(dl)} {terms} "
                              f"| {eta(rate * (steps_total - steps_done), budget_s - (now - t_start), t, epochs)}")
-            if budget_s and now - t_start >= budget_s:
+            if budget_s and distributed.any_rank(now - t_start >= budget_s, method.device):
                 out_of_time = True
                 log(run_dir, f"train.max_minutes = {t['max_minutes']} reached at epoch {epoch + 1}, step "
                              f"{step + 1}/{len(dl)}: training stops here")
                 break
         train_seconds += time.perf_counter() - t_epoch
         n_steps = step + 1
+        sums = distributed.mean_over_ranks(sums, method.device)   # the global batch's losses
         record = {"epoch": epoch + 1 if not out_of_time else round(epoch + n_steps / len(dl), 3),
                   **{k: v / n_steps for k, v in sums.items()}, "seconds": round(time.perf_counter() - t_epoch, 2)}
         selector.after_epoch(record)
@@ -173,6 +206,10 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
         # "epoch" counts completed epochs: one cut short by the time budget runs again in full on --resume
         done = epoch + 1 if n_steps == len(dl) else epoch
         rng = rng_state() if done == epoch + 1 else at_epoch_start
+        if not main:
+            if out_of_time:
+                break
+            continue
         save_checkpoint(ckpt_path, {"app": method.app, "config": config, "state": method.state_dict(),
                                     "optimizer": optimizer.state_dict(), "epoch": done, "history": history,
                                     "train_seconds": train_seconds, "torch_rng": rng["torch"], "rng": rng,
@@ -186,18 +223,27 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
             break
     # the selected epoch's model, statistics on normal validation images, then decision thresholds
     method.train(False)
-    selected = selector.restore(history)
-    val_images = [data.train[i].image for i in val_idx]
-    for line in method.after_training(val_images, train_images=LazyImages(data.train, train_idx)) or []:
-        log(run_dir, line)
-    thresholds = {}
-    if val_images:
-        scores, maps, _, _ = infer(method, data.train, val_idx, batch_size=int(t["eval_batch_size"]))
-        thresholds = decision_thresholds(scores, maps, float(t.get("threshold_quantile", 0.99)))
+    method.parallel = None
     epochs_done = history[-1]["epoch"] if history else 0
+    selected, thresholds = epochs_done, {}
+    if main:
+        selected = selector.restore(history)
+        val_images = [data.train[i].image for i in val_idx]
+        for line in method.after_training(val_images, train_images=LazyImages(data.train, train_idx)) or []:
+            log(run_dir, line)
+        if val_images:
+            scores, maps, _, _ = infer(method, data.train, val_idx, batch_size=int(t["eval_batch_size"]))
+            thresholds = decision_thresholds(scores, maps, float(t.get("threshold_quantile", 0.99)))
+    if world.distributed:   # rank 0's model and fits on every rank
+        state, thresholds, selected = distributed.broadcast((method.state_dict() if main else None, thresholds,
+                                                            selected))
+        if not main:
+            method.load_state_dict(state)
     payload = {"app": method.app, "config": config, "state": method.state_dict(), "epoch": epochs_done,
                "history": history, "train_seconds": train_seconds, "thresholds": thresholds,
                "n_train": len(train_idx), "n_val": len(val_idx), "selected_epoch": selected}
+    if not main:
+        return payload
     save_checkpoint(run_dir / "model.pt", payload)
     write_config(run_dir, config)
     kept = "" if selected == epochs_done else f" (the model of epoch {selected}, train.select = best)"

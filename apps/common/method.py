@@ -87,6 +87,16 @@ class Method(ABC):
     def precision(self, value: str) -> None:
         self.modules.precision = value
 
+    def train_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The torch model's ``forward`` for a training step: through ``DistributedDataParallel`` when the training
+        runs in several processes (:mod:`apps.common.distributed`; the engine sets :attr:`parallel`), so that the
+        gradients of the step are averaged over them. A method calls its trained networks in a step only through
+        this (once per step)."""
+        return (self.parallel or self.model)(*args, **kwargs)
+
+    #: the DistributedDataParallel around :attr:`model` while a distributed training runs, else None
+    parallel: torch.nn.Module | None = None
+
     def run_module(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """``self.modules[name](*args, **kwargs)`` in the method's precision (``train.precision``), its floating
         outputs in fp32 (:meth:`Networks.run`)."""

@@ -190,7 +190,12 @@ def load_checkpoint(path: str | Path, app: str | None = None) -> dict[str, Any]:
 
 
 def log(run_dir: Path | None, line: str) -> None:
-    """Print ``line`` and append it to ``RUN/train.log``."""
+    """Print ``line`` and append it to ``RUN/train.log``; in a distributed training, rank 0 alone does (the others
+    would print and write the same)."""
+    from .distributed import is_main
+
+    if not is_main():
+        return
     print(line, flush=True)
     if run_dir is not None:
         with open(run_dir / "train.log", "a") as fh:

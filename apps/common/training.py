@@ -81,9 +81,14 @@ class TrainState:
 
     run_dir: Path | None = None
     model_mtime: int | None = -1     # model.pt's mtime when training started (None: absent; -1: not yet known)
+    benchmark: Path | None = None    # the parent folder of a training of several categories
 
     def interrupted(self, app: str) -> str:
         """The rest of the "interrupted" line: what the run folder holds and the command that goes on."""
+        if self.benchmark is not None:
+            parent = shlex.quote(str(self.benchmark))
+            return (f": the categories trained so far are kept in {parent}; continue with: python -m apps.{app} "
+                    f"train --resume --out {parent}")
         if self.run_dir is None:
             return " before training started; nothing was written"
         run = shlex.quote(str(self.run_dir))
@@ -203,24 +208,42 @@ def train(app: App, opts: TrainOptions, state: TrainState | None = None) -> Run 
     """Train a new run, or resume one (``opts.resume``), and evaluate it on its test split (``opts.test``); return
     the finished :class:`~apps.common.run.Run`. ``state`` records the run folder as soon as it is known (for the
     message of an interrupted command). Raises an SsmadError for whatever stops it, before anything is written where
-    the cause can be seen beforehand."""
+    the cause can be seen beforehand.
+
+    Launched by torchrun (even one process), every process trains one model together (:mod:`.distributed`); rank
+    0 alone prints, writes the run folder and evaluates the run, and every rank returns the same trained model."""
+    import contextlib
+    import os
+
     from ssmad.core.device import resolve_device
 
+    from . import distributed
+
+    state = TrainState() if state is None else state
+    if opts.out:
+        out_folder(Path(opts.out), "--out")
+    launched = distributed.launched()
+    with contextlib.ExitStack() as stack:
+        if not launched.main:   # the other ranks would print the same lines
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        device = distributed.start(resolve_device(opts.device), opts.device)
+        stack.callback(distributed.finish)
+        return _train(app, opts, state, device, launched.main)
+
+
+def _train(app: App, opts: TrainOptions, state: TrainState, device, main: bool) -> Run | None:
+    from . import distributed
     from .data import open_data
     from .engine import seed_everything
     from .engine import train as train_loop
     from .run import Run
 
-    state = TrainState() if state is None else state
-    device = resolve_device(opts.device)
-    if opts.out:
-        out_folder(Path(opts.out), "--out")
     if opts.resume:
         run_dir = Path(opts.out) if opts.out else latest_run(app.name)
         if not run_dir.is_dir():
             raise CheckpointError(f"run folder not found: {run_dir}")
         state.run_dir = run_dir
-        stale = remove_stale_temporaries(run_dir)
+        stale = remove_stale_temporaries(run_dir) if main else []
         if stale:
             print(f"note: removed {len(stale)} temporary file(s) that an interrupted run left in {run_dir}: "
                   f"{', '.join(stale)}", file=sys.stderr, flush=True)
@@ -242,16 +265,18 @@ def train(app: App, opts: TrainOptions, state: TrainState | None = None) -> Run 
                 return Run.open(run_dir, app)
     else:
         config = new_config(app, opts)
-        run_dir = Path(opts.out) if opts.out else new_run_dir(app.name, config)
+        # one folder for every rank: the name of a new one holds the time, which rank 0 reads
+        run_dir = distributed.broadcast(Path(opts.out) if opts.out else new_run_dir(app.name, config))
         if (run_dir / "checkpoint.pt").exists() or (run_dir / "model.pt").exists():
             raise CheckpointError(f"--out {run_dir}: already holds a run; use --resume to continue it or choose "
                                   "another folder (nothing was overwritten)")
     data = open_data(config, verify=True)   # a wrong path, layout or file fails here, before any model is built
     seed_everything(int(config["train"]["seed"]))     # the initial weights too: a run repeats with its seed
     method = app.method_cls(config, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     state.run_dir = run_dir
-    if not opts.resume:   # a resumed run's config.toml is rewritten with its first checkpoint (engine.train)
+    if not opts.resume and main:   # a resumed run's config.toml is rewritten with its first checkpoint (engine.train)
         write_config(run_dir, config)
     print(f"run folder: {run_dir}", flush=True)
     model = run_dir / "model.pt"
@@ -259,10 +284,12 @@ def train(app: App, opts: TrainOptions, state: TrainState | None = None) -> Run 
     try:
         payload = train_loop(method, config, run_dir, resume=opts.resume, data=data)
     except BaseException:
-        if not opts.resume:
+        if not opts.resume and main:
             remove_unstarted(run_dir)
         raise
     run = Run(run_dir, app, payload)
+    if not main:
+        return run
     if opts.test and len(data.test) == 0:
         print(f"note: {config['data']['spec']} has no test images; the run is not evaluated", flush=True)
     elif opts.test:

@@ -155,7 +155,7 @@ class VMPFD(Method):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         target = images * 2 - 1
-        recon, nll, log_volume = self.model(images, batch.get("pdn"))  # NLL and log-volume per dimension
+        recon, nll, log_volume = self.train_forward(images, batch.get("pdn"))  # NLL and log-volume per dimension
         l_nll = nll.mean()
         l_mse = F.mse_loss(recon, target)
         l_ssim = 1 - ssim(recon, target, data_range=2.0)

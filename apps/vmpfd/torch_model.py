@@ -9,6 +9,7 @@ from torch import nn
 
 from ssmad.core import ConfigError
 
+from ..common.distributed import batch_moments
 from ..common.networks import Networks
 
 
@@ -32,7 +33,7 @@ class Adapter(nn.Sequential):
         """``(T, log-volume)`` for a training batch (the standard deviation is the batch's, as the norm's)."""
         conv, norm = self[0], self[1]
         y = conv(x)
-        std = (y.transpose(0, 1).flatten(1).var(1, unbiased=False) + norm.eps).sqrt()
+        std = (batch_moments(y)[1] + norm.eps).sqrt()   # the global batch's in a distributed training
         w = (conv.weight.flatten(1) / std[:, None]).double()
         return norm(y), 0.5 * torch.linalg.slogdet(w @ w.T).logabsdet.to(y.dtype)
 

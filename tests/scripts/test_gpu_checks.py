@@ -22,8 +22,9 @@ def test_quick_run_writes_both_reports(script, tmp_path, capsys):
     for app in ("almrr", "vmpfd"):
         r = res["apps"][app]
         assert r["train_images_per_s"] > 0 and r["latency_b1_ms"] > 0 and r["image_size"] == 64
+    assert res["torchrun"]["exit_code"] == 0 and res["torchrun"]["backend"] == "gloo", res["torchrun"]
     md = (tmp_path / "gpu_checks.md").read_text()
-    assert "| torch |" in md and "| vmpfd | 64 |" in md
+    assert "| torch |" in md and "| vmpfd | 64 |" in md and "backend gloo" in md
     assert md in capsys.readouterr().out
 
 

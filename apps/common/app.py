@@ -28,11 +28,12 @@ class App:
 
         return main(self, argv)
 
-    def train(self, data: str | None = None, *, category: str | None = None, data_params: Sequence[str] = (),
-              preset: str | None = None, config: str | Path | None = None,
+    def train(self, data: str | None = None, *, category: str | Sequence[str] | None = None,
+              data_params: Sequence[str] = (), preset: str | None = None, config: str | Path | None = None,
               overrides: Sequence[str] | Mapping[str, Any] = (), epochs: int | None = None,
               batch_size: int | None = None, image_size: int | None = None, seed: int | None = None,
-              device: str = "auto", out: str | Path | None = None, resume: bool = False, test: bool = True):
+              device: str = "auto", out: str | Path | None = None, resume: bool = False, test: bool = True,
+              devices: int | None = None):
         """Train a run and return it (:class:`~apps.common.run.Run`), as ``python -m apps.NAME train`` does.
 
         ``data``: ``KIND:PATH`` (``mvtec:/data/mvtec``, ``folder:/my/images``, ``demo``), with ``category`` and
@@ -42,7 +43,12 @@ class App:
         ``out``: the run folder (default ``runs/NAME/TIME-DATA``); ``resume``: continue the run in ``out``;
         ``test``: evaluate on the test split afterwards (the report goes to ``out/report``). Raises an
         :class:`ssmad.core.SsmadError` (ConfigError, DataError, CheckpointError, TrainingError) naming the
-        problem."""
+        problem.
+
+        ``category="all"``, ``"carpet,grid"`` or a list trains one run per category under ``out`` and returns the
+        :class:`~apps.common.benchmark.Benchmark` (its summary written; ``devices``: how many train at once)."""
+        from .benchmark import is_benchmark, several_categories
+        from .categories import train_categories
         from .training import DataChoice, TrainOptions, train
 
         sets = ([f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, Mapping)
@@ -52,6 +58,8 @@ class App:
         opts = TrainOptions(DataChoice(data, category, tuple(data_params)), preset,
                             None if config is None else str(config), sets, epochs, batch_size, image_size, seed,
                             device, out, resume, test)
+        if several_categories(category) or (resume and out is not None and is_benchmark(Path(out))):
+            return train_categories(self, opts, devices)
         return train(self, opts)
 
     def config(self, preset: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ssmad.core import CheckpointError, ConfigError, SsmadError
 from ssmad.core.device import PRECISIONS
 
 from .config import presets
+from .distributed import launched
 from .export import FORMATS
 from .predict_io import NAMING
 from .training import DataChoice, TrainOptions, TrainState, out_folder
@@ -55,7 +56,10 @@ def parser(app: App) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
     tr = sub.add_parser("train", help="train on normal images (no arguments: the embedded demo data)")
     tr.add_argument("--data", help="KIND:PATH, e.g. mvtec:/data/mvtec, mtd:/data/mt, folder:/my/images, demo")
-    tr.add_argument("--category", help="dataset category (e.g. carpet)")
+    tr.add_argument("--category", help="dataset category (e.g. carpet); all, or a list (carpet,grid): one run per "
+                                       "category under --out and a summary of them")
+    tr.add_argument("--devices", type=positive_int, help="with several categories: how many train at once, one "
+                    "process per device (default: every GPU when there are several, else 1)")
     tr.add_argument("--preset", help=f"settings preset: {', '.join(presets(app.app_dir))} "
                                      "(default: demo without --data, the paper configuration with it)")
     tr.add_argument("--config", help="TOML file merged over the preset")
@@ -73,7 +77,8 @@ def parser(app: App) -> argparse.ArgumentParser:
                     "with --data KIND:PATH, where its data is now")
     tr.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
     te = sub.add_parser("test", help="evaluate a trained run on its test split: metrics, report, heat maps")
-    te.add_argument("--run", action="append", required=True, help="run folder (repeat for a multi-category table)")
+    te.add_argument("--run", action="append", required=True, help="run folder (repeat for a multi-category table), "
+                    "or the parent folder of a training of several categories")
     te.add_argument("--out", help="report folder (default RUN/report, or ./report-<time> for several runs)")
     te.add_argument("--figures", type=int, default=8, help="heat-map figures of the worst-scored images")
     te.add_argument("--device", default="auto")
@@ -121,7 +126,8 @@ def main(app: App, argv: list[str] | None = None) -> int:
 
         if isinstance(exc, NotFittedError) and unfinished:  # a method that cannot score without them
             exc = CheckpointError(f"{exc}; the run cannot score images before it finishes training: {unfinished[0]}")
-        print(f"error: {exc}", file=sys.stderr)
+        rank = launched()
+        print(f"{'' if rank.main else f'rank {rank.rank}: '}error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"interrupted{state.interrupted(app.name) if args.verb == 'train' else ''}", file=sys.stderr)
@@ -129,13 +135,20 @@ def main(app: App, argv: list[str] | None = None) -> int:
 
 
 def cmd_train(app: App, args, state: TrainState, unfinished: list[str]) -> int:
+    from .benchmark import is_benchmark, several_categories
+    from .categories import train_categories
     from .training import train
 
     opts = TrainOptions(DataChoice(args.data, args.category, tuple(args.data_param)), args.preset, args.config,
                         list(args.set), args.epochs, args.batch_size, args.image_size, args.seed, args.device,
                         args.out, args.resume, not args.no_test)
+    if several_categories(args.category) or (args.resume and args.out and is_benchmark(Path(args.out))):
+        return 2 if train_categories(app, opts, args.devices, state).failed else 0
+    if args.devices is not None:
+        raise ConfigError("--devices: trains several categories at once (with --category all or a list); to train "
+                          "one model on several processes, launch it with torchrun --nproc-per-node N")
     run = train(app, opts, state)
-    if run is not None and state.model_mtime != -1:   # trained now (not "already finished")
+    if run is not None and state.model_mtime != -1 and launched().main:   # trained now (not "already finished")
         quoted = _quote(run.path)
         print(f"done. run: {run.path}\n  evaluate: python -m apps.{app.name} test --run {quoted}\n"
               f"  predict:  python -m apps.{app.name} predict --run {quoted} IMAGES --out OUT", flush=True)
@@ -145,10 +158,16 @@ def cmd_train(app: App, args, state: TrainState, unfinished: list[str]) -> int:
 def cmd_test(app: App, args, state: TrainState, unfinished: list[str]) -> int:
     from ssmad.core.device import resolve_device
 
+    from .benchmark import Benchmark, is_benchmark
     from .evaluate import evaluate_runs
     from .run import Run
 
     runs = [Path(r) for r in args.run]
+    if len(runs) == 1 and is_benchmark(runs[0]):   # every category of a benchmark, and its summary
+        bench = Benchmark.open(runs[0], app).test(
+            resolve_device(args.device), out=args.out, figures=args.figures, batch_size=args.batch_size,
+            data=data_choice(args), precision=args.precision)
+        return 2 if bench.failed else 0
     if args.out:
         out = Path(args.out)
     elif len(runs) == 1:

@@ -157,7 +157,6 @@ def _parallel(app: App, bench: Benchmark, work, slots: list[str]) -> None:
     ``PARENT/logs/CATEGORY.log``, its outcome is read from its run folder and exit code."""
     import multiprocessing as mp
     import os
-    from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")
     logs = bench.path / "logs"
@@ -166,6 +165,19 @@ def _parallel(app: App, bench: Benchmark, work, slots: list[str]) -> None:
     queue = list(work)
     running: dict[Any, tuple[str, str, float, Any]] = {}   # sentinel -> (category, slot, start, process)
     free = list(slots)
+    try:
+        _schedule(app, bench, queue, running, free, ctx, logs, threads)
+    except BaseException:   # Ctrl-C or a failure here: the categories in training stop at once, kill-safe
+        for _, _, _, p in running.values():
+            p.terminate()
+        for _, _, _, p in running.values():
+            p.join()
+        raise
+
+
+def _schedule(app: App, bench: Benchmark, queue, running, free, ctx, logs: Path, threads: int) -> None:
+    from multiprocessing.connection import wait
+
     while queue or running:
         while queue and free:
             category, opts = queue.pop(0)

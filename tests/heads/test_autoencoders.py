@@ -93,3 +93,25 @@ def test_input_size_must_be_a_multiple_of_the_patch(tiny_ae):
     with torch.no_grad():
         recon, latent = ae(torch.rand(1, 3, 128, 96))  # another size: the reconstruction follows the input
     assert recon.shape == (1, 3, 128, 96) and latent.shape == (1, 16, 4, 3)
+
+
+def test_a_resize_decoder_has_no_border_a_transposed_one_has():
+    """The cause of VMPFD-AD's border errors: a latent that is the same at every position decodes, through the
+    transposed convolutions, to an image whose border differs from its interior (fewer taps reach the border at
+    each step); through resize + replicate-padded convolutions, to a constant image."""
+    from ssmad.heads.autoencoders import image_decoder
+
+    torch.manual_seed(0)
+    latent = torch.randn(1, 8, 1, 1).expand(1, 8, 4, 4).contiguous()
+    spread = {}
+    for upsample in ("transposed", "resize"):
+        dec = image_decoder(8, (8, 8, 8), upsample=upsample).eval()
+        with torch.no_grad():
+            out = dec(latent)[0]
+        assert out.shape == (3, 32, 32)
+        interior = out[:, 4:-4, 4:-4]
+        spread[upsample] = float((out - interior.mean((1, 2), keepdim=True)).abs().max())
+    assert spread["resize"] < 1e-5
+    assert spread["transposed"] > 1e-2
+    with pytest.raises(ValueError, match="upsample"):
+        image_decoder(8, (8,), upsample="bilinear")

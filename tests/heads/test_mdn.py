@@ -193,3 +193,37 @@ def test_neighbours_context_does_not_collapse_and_flags_local_anomalies():
     assert auroc(nll_in, nll_random) > 0.95
     assert nll_defect.mean() - nll_in.mean() > 1.0
     assert min(nll_in.min(), nll_defect.min(), nll_random.min()) >= head.nll_lower_bound()
+
+
+def test_a_position_embedding_learns_what_differs_from_place_to_place():
+    """Normal features centred differently at each of 4×4 positions: with ``position`` the head ranks a feature
+    that is normal elsewhere but not here as anomalous; without it, it cannot tell."""
+    torch.manual_seed(0)
+    grid, c = 4, 6
+    centres = torch.randn(c, grid, grid) * 3
+
+    def normal(n):
+        return centres + 0.1 * torch.randn(n, c, grid, grid)
+
+    def misplaced(n):   # each position gets the centre of another position
+        return torch.roll(centres, 1, dims=2) + 0.1 * torch.randn(n, c, grid, grid)
+
+    gaps = {}
+    for position in (False, True):
+        torch.manual_seed(1)
+        head = build("head", "mdn", in_channels=c, n_components=2, hidden=32, bottleneck=8, position=position,
+                     grid=grid)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+        for _ in range(120):
+            loss = head.nll(normal(8)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            gaps[position] = float(head.nll(misplaced(8)).mean() - head.nll(normal(8)).mean())
+    assert gaps[True] > 5 * max(gaps[False], 0.1), gaps
+    with pytest.raises(ConfigError, match="position"):
+        build("head", "mdn", in_channels=c, position=True)
+    head = build("head", "mdn", in_channels=c, position=True, grid=grid)
+    with pytest.raises(ConfigError, match="4×4"):
+        head(torch.randn(1, c, 5, 5))

@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "images (see ssmad.backbones.distillation for the method).")
     d.add_argument("--teacher", required=True, help="registered backbone name (efficientnet_lite0, "
                                                      "wide_resnet50_2, resnet18, ...)")
-    d.add_argument("--images", required=True, help="folder of training images (searched recursively)")
+    d.add_argument("--images", required=True, nargs="+", help="folder(s) of training images (searched "
+                                                              "recursively), e.g. the training images and DTD")
     d.add_argument("--out", required=True, help="checkpoint file to write (loadable as pdn_small/pdn_medium "
                                                 "weights)")
     d.add_argument("--layers", nargs="+", help="teacher layers (space or comma separated); default: the deepest "
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (default 1000)")
     d.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
     d.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    d.add_argument("--cache-gib", type=float, default=4.0, help="keep the teacher's targets of every image in "
+                   "memory when they fit in this many GiB (default 4; 0: compute them every step)")
+    d.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="of the PDN's steps (default auto: bf16 on CUDA and on CPUs with bf16 units)")
     sub.add_parser("layers", help="list the selectable layers of the built-in backbones")
     return p
 

@@ -164,7 +164,7 @@ class DistillSettings:
     """Arguments of :func:`distill`. ``None`` means: the checkpoint's value on resume, else the default."""
 
     teacher: str
-    images: str
+    images: str | Sequence[str]   # one folder or several (each searched recursively)
     out: str
     layers: tuple[str, ...] | None = None
     teacher_weights: str | None = None  # None: the component's default ("imagenet")
@@ -184,6 +184,8 @@ class DistillSettings:
     save_every: int = 1000
     resume: bool = False
     overwrite: bool = False
+    cache_gib: float = 4.0   # the teacher's targets are computed once and kept when they fit in this many GiB
+    precision: str = "auto"  # of the PDN's steps: "auto" (bf16 on CUDA and on CPUs with bf16 units), "fp32", "bf16"
 
 
 def _check_positive(name: str, value: float | None, allow_zero: bool = False) -> None:
@@ -263,7 +265,10 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
             raise DataError(f"no images to distil on ({s.images or 'an empty list'})")
         files: list[Path | Tensor] = list(images)
     else:
-        files = list(list_images(Path(s.images).expanduser(), recursive=True))
+        folders = [s.images] if isinstance(s.images, str | os.PathLike) else list(s.images)
+        if not folders:
+            raise ConfigError("--images: give at least one folder")
+        files = [f for folder in folders for f in list_images(Path(folder).expanduser(), recursive=True)]
     ckpt = None
     if out.exists():
         if s.resume:
@@ -301,10 +306,21 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
     grid = pdn_output_size(eff["image_size"], padding=True)
     seed = int(eff["seed"])
     log(f"distil pdn_{eff['pdn']} from {eff['teacher']} {list(eff['layers'])} ({in_channels} channels -> "
-        f"{PDN_OUT_CHANNELS}) on {n} images of {s.images}: image {eff['image_size']}, teacher "
+        f"{PDN_OUT_CHANNELS}) on {n} images of {_named(s.images)}: image {eff['image_size']}, teacher "
         f"{eff['teacher_size']}, grid {grid}x{grid}, {total} steps of batch {batch}, device {device}")
 
     data = _ImagePairs(files, eff["image_size"], eff["teacher_size"])
+    # the teacher's projected targets of each image (its colour view), kept in fp16 once computed: a step then runs
+    # the PDN alone (grayscale views, a tenth of them by default, still go through the teacher)
+    cache_bytes = n * PDN_OUT_CHANNELS * grid * grid * 2
+    cache: dict[int, Tensor] | None = {} if cache_bytes <= s.cache_gib * 2**30 else None
+    log(f"teacher targets: {'cached' if cache is not None else 'computed every step'} "
+        f"({cache_bytes / 2**30:.2f} GiB for all images; cache limit {s.cache_gib:g} GiB)")
+    from ssmad.core.device import autocast, resolve_precision
+
+    if s.precision == "fp16":
+        raise ConfigError("--precision fp16: distillation runs in fp32 or bf16 (fp16 would need loss scaling)")
+    precision = resolve_precision(s.precision, device)
     if ckpt is not None:
         projection = ckpt["projection"].float()
         if tuple(projection.shape) != (PDN_OUT_CHANNELS, in_channels):
@@ -320,7 +336,10 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
             for i in range(0, n, batch):
                 big = torch.stack([data[j][1] for j in range(i, min(n, i + batch))]).to(device)
                 with torch.no_grad():
-                    yield teacher_features(teacher, big, grid, projection)
+                    y = teacher_features(teacher, big, grid, projection)
+                if cache is not None:
+                    cache.update({i + k: f.half().cpu() for k, f in enumerate(y)})
+                yield y
 
         t_mean, t_std = _channel_stats(projected())
         log(f"target statistics done in {time.monotonic() - t0:.1f} s")
@@ -351,7 +370,7 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
     meta = {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in eff.items()},
         "steps": total, "grid": grid, "teacher_channels": list(teacher.channels), "in_channels": in_channels,
-        "projection": "identity" if in_channels == PDN_OUT_CHANNELS else "orthonormal", "images": str(s.images),
+        "projection": "identity" if in_channels == PDN_OUT_CHANNELS else "orthonormal", "images": _named(s.images),
         "n_images": n, "torch": str(torch.__version__), "ssmad_backbones": _version("ssmad-backbones"),
     }
 
@@ -363,19 +382,20 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
 
     if start < total:
         log(f"training from step {start} to {total}")
-    loader = torch.utils.data.DataLoader(data, batch_sampler=_StepBatches(n, batch, start, total, seed),
-                                         num_workers=workers)
+    batches = _StepBatches(n, batch, start, total, seed)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=workers)
     t_start, run_loss, run_count, step = time.monotonic(), 0.0, 0, start
     grayscale_p = float(eff["grayscale_p"])
     mean_d, std_d = t_mean.to(device).view(1, -1, 1, 1), t_std.to(device).view(1, -1, 1, 1)
-    for small, big in loader:
+    for (small, big), idx in zip(loader, iter(batches)):
         g = torch.Generator().manual_seed(seed * 1_000_003 + 7 * step + 1)
         flags = torch.rand(small.shape[0], generator=g) < grayscale_p
         small, big = _grayscale(small.to(device), flags), _grayscale(big.to(device), flags)
-        with torch.no_grad():
-            target = (teacher_features(teacher, big, grid, projection) - mean_d) / std_d
-        pred = pdn(small)[0]
-        loss = F.mse_loss(pred, target)
+        raw = _targets(teacher, big, grid, projection, idx, flags, cache)
+        target = (raw - mean_d) / std_d
+        with autocast(device, precision):
+            pred = pdn(small)[0]
+        loss = F.mse_loss(pred.float(), target)
         if not torch.isfinite(loss):
             raise TrainingError(f"distillation loss became {loss.item()} at step {step + 1}; lower --lr "
                                 f"(now {eff['lr']}); periodic checkpoints (if any) are in {out}")
@@ -417,6 +437,28 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
     return {"out": str(out), "steps": step, "final_loss": final_loss, "history": history}
 
 
+def _named(images: str | Sequence[str]) -> str:
+    return str(images) if isinstance(images, str | os.PathLike) else ", ".join(str(i) for i in images)
+
+
+def _targets(teacher: nn.Module, big: Tensor, grid: int, projection: Tensor, idx: list[int], gray: Tensor,
+             cache: dict[int, Tensor] | None) -> Tensor:
+    """The projected teacher targets of a batch (before standardisation): from ``cache`` for colour views already
+    seen, through the teacher for the rest (colour views then cached)."""
+    need = [k for k, i in enumerate(idx) if cache is None or bool(gray[k]) or i not in cache]
+    if need:
+        with torch.no_grad():
+            fresh = teacher_features(teacher, big[need], grid, projection).float()
+        if cache is not None:   # every colour target at the cache's fp16 rounding, however it was computed
+            fresh = torch.stack([f.half().float() if not bool(gray[k]) else f for k, f in zip(need, fresh)])
+            cache.update({idx[k]: f.half().cpu() for k, f in zip(need, fresh) if not bool(gray[k])})
+        if len(need) == len(idx):
+            return fresh
+    computed = dict(zip(need, fresh)) if need else {}
+    return torch.stack([computed[k] if k in computed else cache[i].to(big.device).float()
+                        for k, i in enumerate(idx)])
+
+
 def main_distill(args: Any) -> int:
     """Entry for ``python -m ssmad.backbones distill`` (args from argparse)."""
     layers = None
@@ -427,6 +469,7 @@ def main_distill(args: Any) -> int:
         pdn=args.pdn, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
         teacher_size=args.teacher_size, lr=args.lr, weight_decay=args.weight_decay, grayscale_p=args.grayscale_p,
         seed=args.seed, device=args.device, workers=args.workers, log_every=args.log_every,
-        save_every=args.save_every, resume=args.resume, overwrite=args.overwrite)
+        save_every=args.save_every, resume=args.resume, overwrite=args.overwrite, cache_gib=args.cache_gib,
+        precision=args.precision)
     distill(settings, log=_print)
     return 0

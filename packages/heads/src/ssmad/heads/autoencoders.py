@@ -12,7 +12,11 @@ returns that target. ``encode(x)`` gives the latent, ``decode(latent)`` the reco
 
 Both decode with ``log2(patch)`` transposed convolutions 4×4 stride 2 (each doubling the map) and one last
 3×3 stride-1 transposed convolution to 3 channels; BatchNorm + ReLU between, tanh last (six transposed
-convolutions for patch 32: 8×8 → 256×256).
+convolutions for patch 32: 8×8 → 256×256). ``upsample = "resize"`` decodes with a nearest ×2 resize and a 3×3
+convolution with replicated borders at each step instead: a transposed convolution's border outputs sum fewer
+input taps than its interior ones (at every one of the six steps), so even a latent that is the same everywhere
+decodes to an image that differs at the border, and the reconstruction error of normal images piles up there;
+a resize and a replicate-padded convolution map a constant latent to a constant image.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from ssmad.core import ConfigError, configclass, field, in_range, non_empty, pos
 from ssmad.ssm import ViMEncoder
 
 from .layers import check_widths
+
+UPSAMPLES = ("transposed", "resize")
+
+
+def _one_of(value, allowed, name) -> None:
+    if value not in allowed:
+        raise ValueError(f"parameter {name!r} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _power_of_two(inst, attribute, value) -> None:
@@ -41,6 +52,7 @@ class AutoencoderConfig:
     patch: int = field(default=32, validator=[positive, _power_of_two])
     d_model: int = field(default=192, validator=positive)
     decoder_widths: tuple[int, ...] = field(default=(256, 128, 64, 32, 16), validator=non_empty)
+    upsample: str = field(default="transposed", validator=lambda inst, attr, v: _one_of(v, UPSAMPLES, attr.name))
 
     def __attrs_post_init__(self) -> None:
         if self.img_size % self.patch:
@@ -63,16 +75,26 @@ class ViMAutoencoderConfig(AutoencoderConfig):
     scan: str = "auto"
 
 
-def image_decoder(d_model: int, widths: Sequence[int], out_channels: int = 3) -> nn.Sequential:
-    """``len(widths)`` ConvT 4×4 s2 p1 (``d_model → widths…``) with BN + ReLU, then ConvT 3×3 s1 p1 → tanh."""
+def image_decoder(d_model: int, widths: Sequence[int], out_channels: int = 3,
+                  upsample: str = "transposed") -> nn.Sequential:
+    """``len(widths)`` ×2 steps (``d_model → widths…``) with BN + ReLU, then a 3×3 layer to ``out_channels`` → tanh.
+    ``upsample``: "transposed" (ConvT 4×4 s2 p1, last ConvT 3×3 s1 p1) or "resize" (nearest ×2 + conv 3×3 with
+    replicated borders, last conv 3×3 replicated)."""
     widths = check_widths(widths, "decoder_widths")
+    _one_of(upsample, UPSAMPLES, "upsample")
     layers: list[nn.Module] = []
     c = d_model
     for w in widths:
-        layers += [nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(w),
-                   nn.ReLU(inplace=True)]
+        if upsample == "transposed":
+            layers.append(nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=False))
+        else:
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(c, w, 3, padding=1, padding_mode="replicate", bias=False)]
+        layers += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
         c = w
-    layers += [nn.ConvTranspose2d(c, out_channels, 3, stride=1, padding=1), nn.Tanh()]
+    last = (nn.ConvTranspose2d(c, out_channels, 3, stride=1, padding=1) if upsample == "transposed"
+            else nn.Conv2d(c, out_channels, 3, padding=1, padding_mode="replicate"))
+    layers += [last, nn.Tanh()]
     return nn.Sequential(*layers)
 
 
@@ -125,12 +147,12 @@ def build_vim_ae(cfg: ViMAutoencoderConfig) -> ImageAutoencoder:
     """VMARN: ViM image autoencoder (32×32 patches, 4 ViM blocks, 6 transposed convs); recon in [-1, 1]."""
     encoder = ViMEncoder(3, cfg.img_size, cfg.patch, cfg.d_model, cfg.depth, drop_path=cfg.drop_path,
                          d_state=cfg.d_state, scan=cfg.scan)
-    return ImageAutoencoder(encoder, image_decoder(cfg.d_model, cfg.decoder_widths), cfg.img_size, cfg.d_model,
-                            cfg.patch)
+    return ImageAutoencoder(encoder, image_decoder(cfg.d_model, cfg.decoder_widths, upsample=cfg.upsample),
+                            cfg.img_size, cfg.d_model, cfg.patch)
 
 
 def build_cnn_ae(cfg: AutoencoderConfig) -> ImageAutoencoder:
     """Image autoencoder ablation: strided-CNN encoder to the same latent grid, same decoder as vim_ae."""
     encoder = cnn_encoder(cfg.d_model, tuple(reversed(cfg.decoder_widths)))
-    return ImageAutoencoder(encoder, image_decoder(cfg.d_model, cfg.decoder_widths), cfg.img_size, cfg.d_model,
-                            cfg.patch)
+    return ImageAutoencoder(encoder, image_decoder(cfg.d_model, cfg.decoder_widths, upsample=cfg.upsample),
+                            cfg.img_size, cfg.d_model, cfg.patch)

@@ -15,6 +15,9 @@ Why it cannot collapse to an identity (every input equally, arbitrarily likely):
   (anomalous) features keep a large residual;
 - ``σ ≥ σ_min``, so the NLL is bounded below by ``½·log 2π + log σ_min`` per dimension
   (:meth:`MixtureDensityHead.nll_lower_bound`) and the loss cannot be driven to ``-∞`` by shrinking ``σ``;
+- ``position = true`` (with the map's ``grid``) adds a learned embedding of each position to the first layer's
+  output: the mixture may then differ from place to place (on aligned images, normal differs with the position),
+  still through the bottleneck and above the σ floor;
 - with ``context="neighbours"`` the first layer is a 3×3 convolution with its centre tap masked to zero (a
   blind spot; reflect padding at the borders, which never maps a position onto itself), and the later layers
   are 1×1: position ``(h, w)``'s own feature never enters its prediction, so the head is a true conditional
@@ -48,6 +51,8 @@ class MDNConfig:
     bottleneck: int = field(default=32, validator=positive)
     sigma_min: float = field(default=0.05, validator=positive)
     context: Literal["self", "neighbours"] = "self"
+    position: bool = False   # a learned embedding per position of the grid × grid map (the method gives ``grid``)
+    grid: int = field(default=0, validator=lambda inst, attr, v: v >= 0)
 
 
 class BlindSpotConv2d(nn.Conv2d):
@@ -74,7 +79,8 @@ class MixtureDensityHead(nn.Module):
     """``forward(t) -> (log_pi B×K×h×w, mu B×K×C×h×w, sigma B×K×h×w)``; ``nll(t) -> B×h×w`` (per dimension)."""
 
     def __init__(self, in_channels: int, n_components: int = 4, hidden: int = 128, bottleneck: int = 32,
-                 sigma_min: float = 0.05, context: str = "self") -> None:
+                 sigma_min: float = 0.05, context: str = "self", grid: int = 0) -> None:
+        """``grid`` > 0: a learned embedding of each of the grid × grid positions (inputs must be that size)."""
         super().__init__()
         if context not in ("self", "neighbours"):
             raise ConfigError(f"mdn: context must be 'self' or 'neighbours', got {context!r}")
@@ -86,6 +92,9 @@ class MixtureDensityHead(nn.Module):
         k, c = n_components, in_channels
         self.net = nn.Sequential(first, nn.GELU(), nn.Conv2d(hidden, bottleneck, 1), nn.GELU(),
                                  nn.Conv2d(bottleneck, k + k * c + k, 1))
+        self.grid = int(grid)
+        # zero at the start: the head begins as the position-free one and learns what the place adds
+        self.position = nn.Parameter(torch.zeros(1, hidden, grid, grid)) if grid > 0 else None
 
     def nll_lower_bound(self) -> float:
         """Per-dimension NLL can never be below ``½·log 2π + log σ_min`` (each component's density peak)."""
@@ -96,7 +105,14 @@ class MixtureDensityHead(nn.Module):
             raise ConfigError(f"mdn: expected features B×{self.in_channels}×h×w, got {tuple(t.shape)}")
         b, _, h, w = t.shape
         k, c = self.n_components, self.in_channels
-        out = self.net(t.contiguous())  # strided (e.g. permuted) inputs take a much slower conv path on CPU
+        x = self.net[0](t.contiguous())  # strided (e.g. permuted) inputs take a much slower conv path on CPU
+        if self.position is not None:
+            if (h, w) != (self.grid, self.grid):
+                raise ConfigError(f"mdn: position = true was built for a {self.grid}×{self.grid} map, got {h}×{w}")
+            x = x + self.position.to(x.dtype)
+        for layer in self.net[1:]:
+            x = layer(x)
+        out = x
         logits, mu, raw_sigma = torch.split(out, [k, k * c, k], dim=1)
         log_pi = torch.log_softmax(logits, dim=1)
         mu = mu.reshape(b, k, c, h, w)
@@ -120,5 +136,7 @@ class MixtureDensityHead(nn.Module):
 
 def build_mdn(cfg: MDNConfig) -> MixtureDensityHead:
     """Gaussian mixture density head (VMPFD PFDMM): per-position π, μ, σ and the mixture NLL map."""
+    if cfg.position and cfg.grid < 1:
+        raise ConfigError("mdn: position = true needs the map's grid (the method passes it)")
     return MixtureDensityHead(cfg.in_channels, cfg.n_components, cfg.hidden, cfg.bottleneck, cfg.sigma_min,
-                              cfg.context)
+                              cfg.context, cfg.grid if cfg.position else 0)

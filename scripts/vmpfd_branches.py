@@ -7,7 +7,8 @@ Recomputes the local (LAM) and global (GAM) maps of the run's held-out normal va
 images, and prints for each map image AUROC, pixel AUROC, pixel AP and AUPRO: as the run uses it (its quantile
 normalisation is monotone, so the figures are those of the raw map), and after a per-position normalisation
 fitted on the validation maps (``position_norm``: the mean subtracted, or a z-score) — the correction that ALMRR's
-distance map needs — plus the share of test images whose maximum lies within ``--band-px`` of the image border.
+distance map needs — plus the share of test images whose maximum lies within ``--band-px`` of the image border,
+and on the held-out normal images the mean raw map in that border band over its mean inside (1: no border effect).
 For reference it also scores the local branch's own input, the frozen PDN features pooled to the method's grid,
 with three simple models in place of the mixture density network, fitted on the run's training images (100
 seeded random channels): a Gaussian per position (PaDiM-style, covariance + 0.01·I, Mahalanobis distance), one
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 parts = [method.model.pdn_features(images).cpu() for _, images in image_batches(ss, 16, method.device)]
             return torch.cat(parts)[:, keep].double()
 
+        def nearest(x: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:   # in chunks of x
+            return torch.cat([torch.cdist(x[i:i + chunk], bank).min(1).values for i in range(0, len(x), chunk)])
+
         def mahalanobis(fit: torch.Tensor, x: torch.Tensor) -> torch.Tensor:   # (P×)n×c, (P×)m×c → (P×)m
             mean = fit.mean(-2, keepdim=True)
             eye = 0.01 * torch.eye(fit.shape[-1], dtype=torch.float64)
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             d = x - mean
             return ((d @ torch.linalg.inv(cov)) * d).sum(-1).clamp_min(0).sqrt()
 
-        keep = torch.randperm(method.modules["pdn"].channels[0], generator=torch.Generator().manual_seed(0))
+        keep = torch.randperm(int(sum(method.modules["pdn"].channels)), generator=torch.Generator().manual_seed(0))
         keep = keep[:channels]
         fit, x = pooled(fit_samples), pooled(samples)
         n, c, g = fit.shape[0], fit.shape[1], fit.shape[-1]
@@ -66,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         flat = fit.permute(0, 2, 3, 1).reshape(-1, c), x.permute(0, 2, 3, 1).reshape(-1, c)
         dists = {"per-position Gaussian": mahalanobis(*by_pos).T,
                  "one Gaussian for all positions": mahalanobis(*flat).reshape(len(x), g * g),
-                 "nearest training feature": torch.cdist(flat[1].float(), flat[0].float()).min(1).values
-                 .reshape(len(x), g * g)}
+                 "nearest training feature": nearest(flat[1].float(), flat[0].float()).reshape(len(x), g * g)}
         size = tuple(samples[0].image.shape[-2:])
         return {k: F.interpolate(v.reshape(-1, 1, g, g).float(), size=size, mode="bilinear", align_corners=False)
                 for k, v in dists.items()}
@@ -96,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         near = np.minimum(np.minimum(r, c), np.minimum(size - 1 - r, size - 1 - c)) < band
         print(f"{name:46s} " + " ".join(f"{100 * res[k]:11.1f}" for k in METRICS) + f"  {100 * near.mean():12.1f}%")
 
+    def border_ratio(m: torch.Tensor) -> float:   # mean map value in the border band over the interior's
+        inside = torch.zeros(m.shape[-2:], dtype=torch.bool)
+        inside[band:-band, band:-band] = True
+        return float(m[..., ~inside].mean() / m[..., inside].mean())
+
+    print("held-out normal images, mean raw map in the border band / in the interior: " + ", ".join(
+        f"{b} {border_ratio(val_maps[b]):.2f}" for b in ("local", "global")))
     for branch in ("local", "global"):
         row(f"{branch}, as used (quantile normalised)", test_maps[branch])
         for mode in ("subtract", "zscore"):

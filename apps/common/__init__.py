@@ -3,9 +3,10 @@ command line built on it, config files, run folders, checkpoints, the training l
 plugs in by subclassing :class:`apps.common.method.Method`."""
 
 from .app import App
-from .data import image_batches
+from .benchmark import Benchmark
+from .data import image_batches, split_validation
 from .evaluate import by_defect_type
 from .predictor import Prediction
 from .run import Run, RunData
 
-__all__ = ["App", "Prediction", "Run", "RunData", "by_defect_type", "image_batches"]
+__all__ = ["App", "Benchmark", "Prediction", "Run", "RunData", "by_defect_type", "image_batches", "split_validation"]

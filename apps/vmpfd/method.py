@@ -44,7 +44,9 @@ from .torch_model import Adapter, VMPFDModel
 
 class VMPFD(Method):
     app = "vmpfd"
-    alternatives = {"autoencoder": ["vim_ae", "cnn_ae"], "pdn": ["pdn_small", "pdn_medium"],
+    # the "pdn" role is the local patch descriptor: EfficientAD's PDN (the paper's), or any frozen feature backbone
+    alternatives = {"autoencoder": ["vim_ae", "cnn_ae"],
+                    "pdn": ["pdn_small", "pdn_medium", "efficientnet_lite0", "resnet18", "wide_resnet50_2"],
                     # one working choice each (a role is switched off with enabled = false where optional)
                     "density": [], "smooth_global": [], "norm_local": [], "norm_global": [], "fusion": []}
     branch_maps = ("local", "global")
@@ -64,13 +66,14 @@ class VMPFD(Method):
         # the PDN's weights come from the checkpoint when scoring, not from its file
         pdn = build_role(config, "pdn", unweighted=not for_training)
         if pdn is None:
-            raise ConfigError("pipeline.pdn: VMPFD-AD needs a PDN (backbone pdn_small or pdn_medium)")
+            raise ConfigError("pipeline.pdn: VMPFD-AD needs a local descriptor (backbone pdn_small, pdn_medium, or "
+                              "a frozen feature backbone such as efficientnet_lite0)")
         ae = build_role(config, "autoencoder", img_size=self.image_size)
         if ae is None:
             raise ConfigError("pipeline.autoencoder: VMPFD-AD needs an autoencoder (vim_ae or cnn_ae)")
         with torch.no_grad():
             latent = ae.encode(torch.zeros(1, 3, self.image_size, self.image_size))
-        if latent.shape[-1] != self.grid:
+        if latent.shape[-1] != self.grid and self.local_features != "pdn":   # "pdn": T holds no encoder map
             raise ConfigError(f"method.grid = {self.grid} but the autoencoder's encoder map is "
                               f"{latent.shape[-2]}×{latent.shape[-1]}: set method.grid or the autoencoder's patch "
                               f"(image_size / patch)")
@@ -86,7 +89,9 @@ class VMPFD(Method):
         if self.local_features != "pdn":
             modules["latent_norm"] = nn.BatchNorm2d(latent.shape[1], affine=False)
             t_dim += latent.shape[1] if self.local_features == "concat" else 0
-        modules["density"] = build_role(config, "density", in_channels=t_dim)
+        density = component(config, "density") or {}
+        modules["density"] = build_role(config, "density", in_channels=t_dim,
+                                        **({"grid": self.grid} if density.get("position") else {}))
         self.modules = VMPFDModel(modules, grid=self.grid, pdn_size=self.pdn_size, local_features=self.local_features,
                                 precision=self.precision, device=device)
         self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
@@ -112,7 +117,7 @@ class VMPFD(Method):
     # -- PDN weights: distilled on the training images when no teacher file is given ----------------------------
     def prepare(self, run_dir: Path, samples, indices: list[int]) -> None:
         entry = component(self.config, "pdn")
-        if entry.get("weights") in (None, "none", ""):
+        if entry["name"].startswith("pdn_") and entry.get("weights") in (None, "none", ""):
             self.use_distilled_pdn(run_dir, entry, samples, indices)
         # the PDN is frozen and the training images are not augmented: its pooled features are computed once
         bs = int(self.config["train"]["eval_batch_size"])

@@ -50,11 +50,13 @@ class VMPFDModel(Networks):
 
     @torch.no_grad()
     def pdn_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen PDN features pooled to the shared grid: B×384×grid×grid."""
+        """The frozen local descriptor's features (the PDN's 384 channels, or a backbone's stages concatenated),
+        each stage average-pooled to the shared grid: B×C×grid×grid."""
         if self.pdn_size != images.shape[-1]:
             images = F.interpolate(images, size=(self.pdn_size, self.pdn_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return F.adaptive_avg_pool2d(self.run("pdn", images)[0], self.grid)
+        stages = self.run("pdn", images)
+        return torch.cat([F.adaptive_avg_pool2d(s, self.grid) for s in stages], 1)
 
     def local_input(self, images: torch.Tensor, latent: torch.Tensor,
                     pdn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

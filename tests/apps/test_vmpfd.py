@@ -170,6 +170,8 @@ def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     for name in ("per-position Gaussian", "one Gaussian for all positions", "nearest training feature"):
         assert re.search(rf"^PDN features, {name}(\s+[\d.]+){{4}}\s+[\d.]+%$", out, re.M), out
     assert all(0 <= float(x) <= 100 for r in rows for x in r[2:])
+    ratios = re.search(r"border band / in the interior: local ([\d.]+), global ([\d.]+)$", out, re.M)
+    assert ratios and all(float(x) > 0 for x in ratios.groups()), out
     assert script.main([str(tmp_path)]) == 2
     assert "model.pt not found" in capsys.readouterr().err
 
@@ -196,3 +198,45 @@ def test_method_keys_are_checked_before_training(override, needle):
 
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         VMPFD(load_config(APP.app_dir, "smoke", None, [override]), torch.device("cpu"))
+
+
+def test_a_frozen_backbone_descriptor_on_a_finer_grid_with_positions(tmp_path, run_app):
+    """The cpu preset's local branch at smoke size: a frozen backbone as the descriptor (no distillation), its
+    stages pooled to a grid finer than the encoder's (local_features = "pdn"), a density that knows the position;
+    it trains, tests and reloads to the same maps."""
+    config = tmp_path / "lite.toml"
+    config.write_text('[method]\ngrid = 8\nlocal_features = "pdn"\n\n[[pipeline]]\nrole = "pdn"\n'
+                      'name = "efficientnet_lite0"\nlayers = ["stage2", "stage3"]\nweights = "none"\n\n'
+                      '[[pipeline]]\nrole = "density"\nposition = true\n')
+    run = tmp_path / "run"
+    code, _, err = run_app(APP, "train", "--preset", "smoke", "--config", str(config), "--out", str(run),
+                           "--device", "cpu")
+    assert code == 0, err
+    assert not (run / "pdn.pt").exists()   # nothing distilled: the backbone is the descriptor
+    method, ckpt = APP.load_method(run, torch.device("cpu"))
+    density = method.model["density"]
+    assert density.position is not None and tuple(density.position.shape[-2:]) == (8, 8)
+    assert "density.position" in ckpt["state"]["modules"]
+    images = torch.rand(2, 3, 64, 64)
+    t = method.model.pdn_features(images)
+    assert t.shape == (2, 24 + 40, 8, 8)   # stage2 + stage3 of EfficientNet-Lite0, pooled to the grid
+    again, _ = APP.load_method(run, torch.device("cpu"))
+    assert torch.equal(method.predict(images).anomaly_map, again.predict(images).anomaly_map)
+
+
+def test_descriptor_choice_script(smoke_run, capsys, load_script):
+    """scripts/vmpfd_descriptor.py scores a distilled PDN file and a frozen backbone on held-out images with
+    synthetic anomalies, one table row each; a malformed descriptor is one error line."""
+    import re
+
+    script = load_script("vmpfd_descriptor")
+    run, _ = smoke_run
+    args = ["--data", "demo", "--image-size", "64", "--grid", "4"]
+    assert script.main([*args, "--descriptor", f"pdn_small:64:{run / 'pdn.pt'}",
+                        "--descriptor", "efficientnet_lite0:64:stage2,stage3"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (\S+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert [(r[0].split(":")[0], r[1]) for r in rows] == [("pdn_small", "384"), ("efficientnet_lite0", "64")]
+    assert all(0 <= float(x) <= 100 for r in rows for x in r[2:5])
+    assert script.main([*args, "--descriptor", "pdn_small"]) == 2
+    assert "expected NAME:INPUT_SIZE:FILE" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_WHERE))
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "LITE0_TABLE", "PDN", "STAGE_TABLES", "DistillSettings",

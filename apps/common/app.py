@@ -47,7 +47,7 @@ class App:
 
         ``category="all"``, ``"carpet,grid"`` or a list trains one run per category under ``out`` and returns the
         :class:`~apps.common.benchmark.Benchmark` (its summary written; ``devices``: how many train at once)."""
-        from .benchmark import is_benchmark, several_categories
+        from .benchmark import wants_benchmark
         from .categories import train_categories
         from .training import DataChoice, TrainOptions, train
 
@@ -58,7 +58,7 @@ class App:
         opts = TrainOptions(DataChoice(data, category, tuple(data_params)), preset,
                             None if config is None else str(config), sets, epochs, batch_size, image_size, seed,
                             device, out, resume, test)
-        if several_categories(category) or (resume and out is not None and is_benchmark(Path(out))):
+        if wants_benchmark(category, resume, out):
             return train_categories(self, opts, devices)
         return train(self, opts)
 

@@ -139,10 +139,7 @@ class Benchmark:
         if error is not None:
             o.status, o.error, o.metrics = "failed", error, None
         elif (d / "report" / "metrics.json").is_file():
-            from ssmad.scoring.report import read_metrics
-
-            rows = read_metrics(d / "report" / "metrics.json")["categories"]
-            o.status, o.error, o.metrics = "ok", None, next(iter(rows.values()))
+            o.status, o.error, o.metrics = "ok", None, _report_row(d / "report")
         elif (d / "model.pt").is_file():
             o.status, o.error, o.metrics = "trained", None, None
         else:
@@ -190,22 +187,29 @@ class Benchmark:
                 run = Run.open(self.run_dir(c), self.app, "test")
                 report = (out / c) if out is not None else self.run_dir(c) / "report"
                 evaluate_runs(self.app, [run], report, device, **kwargs)
-                self.outcomes[c].status = "ok"
-                self._read_row(c, report)
+                o = self.outcomes[c]
+                o.status, o.error, o.metrics = "ok", None, _report_row(report)
             except SsmadError as exc:
                 self.collect(c, error=str(exc))
                 print(f"error: {c}: {exc}", file=sys.stderr, flush=True)
         self.write_summary(out)
         return self
 
-    def _read_row(self, category: str, report: Path) -> None:
-        from ssmad.scoring.report import read_metrics
-
-        rows = read_metrics(report / "metrics.json")["categories"]
-        self.outcomes[category].metrics = next(iter(rows.values()))
-
     def __repr__(self) -> str:
         return f"Benchmark({str(self.path)!r}, {len(self.categories)} categories, {len(self.failed)} failed)"
+
+
+def _report_row(report: Path) -> dict[str, float]:
+    """The one row of a single run's report folder (``metrics.json``)."""
+    from ssmad.scoring.report import read_metrics
+
+    return next(iter(read_metrics(report / "metrics.json")["categories"].values()))
+
+
+def wants_benchmark(category: str | Sequence[str] | None, resume: bool, out: str | Path | None) -> bool:
+    """Whether a ``train`` call trains a benchmark: several categories asked for, or a resume of a benchmark
+    folder."""
+    return several_categories(category) or (resume and out is not None and is_benchmark(Path(out)))
 
 
 def _plain(value: Any) -> Any:
@@ -222,4 +226,4 @@ def _finite(row: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-__all__ = ["BENCHMARK_FILE", "Benchmark", "Outcome", "is_benchmark", "several_categories"]
+__all__ = ["BENCHMARK_FILE", "Benchmark", "Outcome", "is_benchmark", "several_categories", "wants_benchmark"]

@@ -65,7 +65,8 @@ def train_categories(app: App, opts: TrainOptions, devices: int | None = None, s
             raise ConfigError("--resume of a benchmark: give its parent folder with --out")
         bench = Benchmark.open(opts.out, app)
         if opts.data.category is not None and several_categories(opts.data.category) and \
-                resolve_categories(app, _options_of(bench), opts.data.category) != bench.categories:
+                resolve_categories(app, bench.options(bench.categories[0], resume=False),
+                                   opts.data.category) != bench.categories:
             raise ConfigError(f"--category {opts.data.category}: {opts.out} was started with the categories "
                               f"{', '.join(bench.categories)}; --resume continues those")
     else:
@@ -90,12 +91,6 @@ def train_categories(app: App, opts: TrainOptions, devices: int | None = None, s
               f"(see {bench.path / (SUMMARY_NAME + '.md')}); continue with: python -m apps.{app.name} train "
               f"--resume --out {bench.path}", file=sys.stderr, flush=True)
     return bench
-
-
-def _options_of(bench: Benchmark) -> TrainOptions:
-    return TrainOptions(DataChoice(bench.record["data"], None, tuple(bench.record["params"])),
-                        preset=bench.record["options"]["preset"], config=bench.record["options"]["config"],
-                        sets=tuple(bench.record["options"]["sets"]))
 
 
 def device_slots(device: str, devices: int | None) -> list[str]:

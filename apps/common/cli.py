@@ -135,14 +135,14 @@ def main(app: App, argv: list[str] | None = None) -> int:
 
 
 def cmd_train(app: App, args, state: TrainState, unfinished: list[str]) -> int:
-    from .benchmark import is_benchmark, several_categories
+    from .benchmark import wants_benchmark
     from .categories import train_categories
     from .training import train
 
     opts = TrainOptions(DataChoice(args.data, args.category, tuple(args.data_param)), args.preset, args.config,
                         list(args.set), args.epochs, args.batch_size, args.image_size, args.seed, args.device,
                         args.out, args.resume, not args.no_test)
-    if several_categories(args.category) or (args.resume and args.out and is_benchmark(Path(args.out))):
+    if wants_benchmark(args.category, args.resume, args.out):
         return 2 if train_categories(app, opts, args.devices, state).failed else 0
     if args.devices is not None:
         raise ConfigError("--devices: trains several categories at once (with --category all or a list); to train "

@@ -94,18 +94,17 @@ def train(method: Method, config: dict[str, Any], run_dir: Path, resume: bool = 
     if resume:   # before anything is written: a leaked image stops the resume with the run as it was
         for note in check_resumed_split(run_dir, data, train_idx, val_idx):
             print(f"note: {note}", file=sys.stderr, flush=True)
-    if main:
-        selector = Selector(method, config, run_dir, data.train, val_idx)
-    else:   # the epochs are scored by rank 0 alone (in the folder it writes)
-        selector = Selector(method, {**config, "train": {**t, "select": "last"}}, run_dir, data.train, val_idx)
+    # the epochs are scored by rank 0 alone (in the folder it writes)
+    selector = Selector(method, config if main else {**config, "train": {**t, "select": "last"}}, run_dir,
+                        data.train, val_idx)
     if main:   # rank 0 first: what prepare writes (a distilled PDN) the other ranks then read
         method.prepare(run_dir, data.train, train_idx)
     distributed.barrier()
     if not main:
         method.prepare(run_dir, data.train, train_idx)
-    if not resume and main:   # a resumed run's config.toml is rewritten with its first checkpoint (below)
-        write_config(run_dir, config)
     if main:
+        if not resume:   # a resumed run's config.toml is rewritten with its first checkpoint (below)
+            write_config(run_dir, config)
         write_split(run_dir, data, train_idx, val_idx)
     items = TrainItems(data.train, train_idx, method.train_item, seed)
     batch_size = min(int(t["batch_size"]), len(items))   # the global batch, over all ranks

@@ -147,7 +147,9 @@ class VMPFD(Method):
             teacher=d["teacher"], images=f"{len(indices)} training images", out=str(out), steps=d["steps"],
             pdn=component(self.config, "pdn")["name"].removeprefix("pdn_"), image_size=self.pdn_size,
             batch_size=d["batch_size"], lr=d["lr"], seed=int(self.config["train"]["seed"]),
-            device=str(self.device), workers=0, log_every=max(1, d["steps"] // 20)),
+            device=str(self.device), workers=0, log_every=max(1, d["steps"] // 20),
+            # fp32 whatever train.precision: runs that differ in it then score with the same distilled PDN
+            precision="fp32"),
             images=[samples[i].image for i in indices])
 
     # -- model ------------------------------------------------------------------------------------------------

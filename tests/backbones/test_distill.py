@@ -137,7 +137,7 @@ def test_projection_is_orthonormal(cin, cout):
 
 
 def test_cached_targets_train_as_the_teacher_every_step(images, tmp_path):
-    """The teacher's targets computed once and kept (fp16) train the PDN as targets computed at every step do;
+    """The teacher's targets computed once and kept train the PDN as targets computed at every step do;
     several folders are one image set."""
     halves = [tmp_path / "a", tmp_path / "b"]
     for k, p in enumerate(sorted(images.rglob("*.png"))):
@@ -149,6 +149,6 @@ def test_cached_targets_train_as_the_teacher_every_step(images, tmp_path):
     assert main(["distill", "--out", str(tmp_path / "fresh.pth"), "--cache-gib", "0", *args]) == 0
     a, b = (torch.load(tmp_path / f, weights_only=True) for f in ("cached.pth", "fresh.pth"))
     assert a["meta"]["n_images"] == b["meta"]["n_images"] == len(list(images.rglob("*.png")))
-    # every step's loss: a target taken from another image's cache entry would change it far beyond fp16 rounding
+    # every step's loss: a target taken from another image's cache entry would change it far beyond float noise
     losses = [[loss for _, loss in x["train"]["history"]] for x in (a, b)]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-3)

@@ -310,9 +310,10 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
         f"{eff['teacher_size']}, grid {grid}x{grid}, {total} steps of batch {batch}, device {device}")
 
     data = _ImagePairs(files, eff["image_size"], eff["teacher_size"])
-    # the teacher's projected targets of each image (its colour view), kept in fp16 once computed: a step then runs
-    # the PDN alone (grayscale views, a tenth of them by default, still go through the teacher)
-    cache_bytes = n * PDN_OUT_CHANNELS * grid * grid * 2
+    # the teacher's projected targets of each image (its colour view), kept once computed: a step then runs the PDN
+    # alone (grayscale views, a tenth of them by default, still go through the teacher). In fp32: a rounding to
+    # fp16 would turn the teacher's last-bit differences between thread counts into visible ones
+    cache_bytes = n * PDN_OUT_CHANNELS * grid * grid * 4
     cache: dict[int, Tensor] | None = {} if cache_bytes <= s.cache_gib * 2**30 else None
     log(f"teacher targets: {'cached' if cache is not None else 'computed every step'} "
         f"({cache_bytes / 2**30:.2f} GiB for all images; cache limit {s.cache_gib:g} GiB)")
@@ -338,7 +339,7 @@ def distill(s: DistillSettings, log: Callable[[str], None] | None = None,
                 with torch.no_grad():
                     y = teacher_features(teacher, big, grid, projection)
                 if cache is not None:
-                    cache.update({i + k: f.half().cpu() for k, f in enumerate(y)})
+                    cache.update({i + k: f.float().cpu() for k, f in enumerate(y)})
                 yield y
 
         t_mean, t_std = _channel_stats(projected())
@@ -449,13 +450,12 @@ def _targets(teacher: nn.Module, big: Tensor, grid: int, projection: Tensor, idx
     if need:
         with torch.no_grad():
             fresh = teacher_features(teacher, big[need], grid, projection).float()
-        if cache is not None:   # every colour target at the cache's fp16 rounding, however it was computed
-            fresh = torch.stack([f.half().float() if not bool(gray[k]) else f for k, f in zip(need, fresh)])
-            cache.update({idx[k]: f.half().cpu() for k, f in zip(need, fresh) if not bool(gray[k])})
+        if cache is not None:
+            cache.update({idx[k]: f.cpu() for k, f in zip(need, fresh) if not bool(gray[k])})
         if len(need) == len(idx):
             return fresh
     computed = dict(zip(need, fresh)) if need else {}
-    return torch.stack([computed[k] if k in computed else cache[i].to(big.device).float()
+    return torch.stack([computed[k] if k in computed else cache[i].to(big.device)
                         for k, i in enumerate(idx)])
 
 

@@ -54,8 +54,9 @@ class ALMRR(Method):
         "reconstructor": ["vim", "cnn1x1", "cnn3x3", "transformer"],
         "distance": ["mse", "mahalanobis", "position_mahalanobis"],
         "distance_norm": ["position_norm", "quantile_norm"],
+        "synth": ["perlin", "mixed"],
         # the rest have one working choice here (a role is switched off with enabled = false)
-        "synth": [], "refiner": [], "distance_smooth": [], "distance_scale": [], "score": [],
+        "refiner": [], "distance_smooth": [], "distance_scale": [], "score": [],
     }
 
     def __init__(self, config: dict[str, Any], device: torch.device, for_training: bool = True):

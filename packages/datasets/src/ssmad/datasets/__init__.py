@@ -49,7 +49,7 @@ from .layouts import (
 )
 from .open import open_dataset, parse_spec
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "DEFECT_KINDS", "DEMO_TEXTURES", "IMAGE_EXTENSIONS", "AnomalyDataset", "BTADConfig", "DemoConfig",

@@ -2,8 +2,8 @@
 
 Normal images are random crops (flips, right-angle turns where the texture allows, brightness/contrast jitter,
 faint sensor noise) of one tinted texture per category (``brick``, ``grass``, ``gravel``). Anomalous test images
-carry defects of kinds the ``perlin`` synthesiser does not make, each with an exact pixel mask (the mask is
-the set of pixels the defect changed):
+carry defects of kinds the ``perlin`` synthesiser does not make (``ssmad.synth.defects``), each with an exact pixel
+mask (the mask is the set of pixels the defect changed):
 
 - ``scratch``: a thin bright or dark line or curve (quadratic Bézier), 1-3 px wide at 128 px;
 - ``dent``: a small disc whose texture is smoothed and shaded (raised rim, darker centre);
@@ -17,14 +17,13 @@ process (same parameters → the same samples).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
 from ssmad.core import ConfigError, DataError, Sample, configclass, field, non_negative, positive, suggest
+from ssmad.synth.defects import DEFECTS
 
 from .base import AnomalyDataset, MemoryList
 
@@ -90,94 +89,6 @@ def _normal_image(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0.0, 1.0, out=img)
 
 
-# ---- defects: each returns (image, mask) with mask == the pixels it changed ------------------------------
-
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return yy, xx
-
-
-def _blob(size: int, rng: np.random.Generator, radius: float) -> np.ndarray:
-    """An irregular filled blob (star-shaped polygon with smoothly varying radius) centred inside the image."""
-    yy, xx = _grid(size)
-    margin = radius * 1.3
-    cy, cx = rng.uniform(margin, size - margin, size=2)
-    theta = np.arctan2(yy - cy, xx - cx)
-    r = np.hypot(yy - cy, xx - cx)
-    k = np.arange(1, 5)
-    amps = rng.uniform(0.0, 0.22, size=4) / k
-    phases = rng.uniform(0, 2 * math.pi, size=4)
-    boundary = radius * (1.0 + (amps[:, None, None] * np.cos(k[:, None, None] * theta + phases[:, None, None])).sum(0))
-    return r <= boundary
-
-
-def _scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    length = rng.uniform(0.3, 0.7) * size
-    angle = rng.uniform(0, math.pi)
-    c = rng.uniform(0.25 * size, 0.75 * size, size=2)
-    d = np.array([math.sin(angle), math.cos(angle)]) * length / 2
-    p0, p2 = c - d, c + d
-    bend = rng.uniform(-0.35, 0.35) * length
-    p1 = c + np.array([d[1], -d[0]]) / (np.linalg.norm(d) + 1e-9) * bend
-    t = np.linspace(0.0, 1.0, max(8, int(length * 3)))[:, None]
-    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2  # quadratic Bézier
-    width = rng.uniform(0.5, 1.4) * size / 128.0
-    line = np.zeros((size, size), dtype=bool)
-    iy, ix = np.rint(pts[:, 0]).astype(int), np.rint(pts[:, 1]).astype(int)
-    keep = (iy >= 0) & (iy < size) & (ix >= 0) & (ix < size)
-    line[iy[keep], ix[keep]] = True
-    dist = ndimage.distance_transform_edt(~line)
-    mask = dist <= width
-    s = rng.uniform(0.45, 0.7)
-    out = img.copy()
-    if rng.random() < 0.5:
-        out[mask] = img[mask] + (1.0 - img[mask]) * s  # bright scratch
-    else:
-        out[mask] = img[mask] * (1.0 - s)  # dark scratch
-    return out, mask
-
-
-def _dent(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    radius = rng.uniform(0.05, 0.1) * size
-    yy, xx = _grid(size)
-    cy, cx = rng.uniform(radius + 1, size - radius - 1, size=2)
-    d = np.hypot(yy - cy, xx - cx) / radius
-    mask = d < 1.0
-    smooth = ndimage.gaussian_filter(img, sigma=(radius / 3, radius / 3, 0))
-    weight = np.where(mask, 0.4 + 0.6 * np.cos(np.clip(d, 0, 1) * math.pi / 2) ** 2, 0.0)[..., None]
-    shade = np.where(mask, -0.22 + 0.3 * np.clip((d - 0.6) / 0.4, 0, 1), 0.0)[..., None]  # dark centre, lit rim
-    shade *= rng.uniform(0.8, 1.2)
-    out = img * (1 - weight) + smooth * weight + shade * weight
-    out = np.where(mask[..., None], np.clip(out, 0.0, 1.0), img)
-    return out.astype(np.float32), mask
-
-
-def _hole(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    mask = _blob(size, rng, rng.uniform(0.05, 0.11) * size)
-    level = rng.uniform(0.08, 0.25) if rng.random() < 0.7 else rng.uniform(0.62, 0.8)  # dark gap or substrate
-    colour = np.array([level, level * rng.uniform(0.85, 1.05), level * rng.uniform(0.8, 1.0)], dtype=np.float32)
-    out = img.copy()
-    out[mask] = colour + rng.normal(0.0, 0.01, size=(int(mask.sum()), 3)).astype(np.float32)
-    return np.clip(out, 0.0, 1.0), mask
-
-
-def _stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    mask = _blob(size, rng, rng.uniform(0.07, 0.14) * size)
-    hues = {0: (0.25, 0.35, 0.95), 1: (0.9, 0.85, 0.2), 2: (0.7, 0.25, 0.85)}  # blue, yellow, purple
-    tint = np.asarray(hues[int(rng.integers(3))], dtype=np.float32)
-    strength = rng.uniform(0.4, 0.6)
-    luma = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    stained = (0.35 + 0.75 * luma[..., None]) * tint
-    out = img.copy()
-    out[mask] = (1 - strength) * img[mask] + strength * stained[mask]
-    return np.clip(out, 0.0, 1.0), mask
-
-
-DEFECTS = {"scratch": _scratch, "dent": _dent, "hole": _hole, "stain": _stain}
 
 
 def _anomalous_image(name: str, size: int, rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:

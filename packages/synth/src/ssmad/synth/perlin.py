@@ -127,22 +127,28 @@ class PerlinSynth:
         return tex, names, self.textures.describe(index)
 
     def sample(self, image: np.ndarray, rng: np.random.Generator) -> SynthSample:
+        work, clean, angle = self.rotated(image, rng)
+        if rng.random() < self.cfg.p_clean:
+            return clean_sample(clean, angle)
+        return self.blend(work, clean, angle, rng)
+
+    def rotated(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """``(work H×W×C, clean in the image's layout, angle or None)``: the checked image, rotated first with
+        probability ``p_rotate`` (the first draw of every sample)."""
         cfg = self.cfg
         img = _check_image(image)
-        layout = img.shape
         work = img if img.ndim == 3 else img[..., None]
-        h, w, c = work.shape
-
         angle = None
         if rng.random() < cfg.p_rotate:
             angle = float(rng.uniform(-cfg.image_rotation, cfg.image_rotation))
             work = _rotate(work, angle, cfg.rotate_fill)
-        clean = work.reshape(layout)
+        return work, work.reshape(img.shape), angle
 
-        if rng.random() < cfg.p_clean:
-            return SynthSample(clean=clean, anomalous=clean.copy(), mask=np.zeros((h, w), np.float32),
-                               alpha=0.0, angle=angle)
-
+    def blend(self, work: np.ndarray, clean: np.ndarray, angle: float | None, rng: np.random.Generator
+              ) -> SynthSample:
+        """The Perlin family: an augmented texture blended into ``work`` (H×W×C) through a Perlin mask."""
+        cfg = self.cfg
+        h, w, c = work.shape
         mask = None
         for _ in range(cfg.max_retries + 1):
             m = perlin_mask((h, w), rng, min_exp=cfg.perlin_scale_min_exp, max_exp=cfg.perlin_scale_max_exp,
@@ -151,8 +157,7 @@ class PerlinSynth:
                 mask = m
                 break
         if mask is None:  # every draw came out empty: a clean sample, consistently
-            return SynthSample(clean=clean, anomalous=clean.copy(), mask=np.zeros((h, w), np.float32),
-                               alpha=0.0, angle=angle)
+            return clean_sample(clean, angle)
 
         tex, names, tex_name = self._texture(h, w, c, rng)
         tex = tex.reshape(h, w, c)
@@ -161,9 +166,15 @@ class PerlinSynth:
         m3 = mask[..., None]
         blended = (1.0 - alpha) * work + alpha * tex
         anomalous = np.where(m3 > 0, blended, work).astype(np.float32)
-        return SynthSample(clean=clean, anomalous=anomalous.reshape(layout), mask=mask, alpha=alpha,
-                           texture=tex.reshape(layout).astype(np.float32), angle=angle,
+        return SynthSample(clean=clean, anomalous=anomalous.reshape(clean.shape), mask=mask, alpha=alpha,
+                           texture=tex.reshape(clean.shape).astype(np.float32), angle=angle,
                            augmentations=names, texture_name=tex_name)
+
+
+def clean_sample(clean: np.ndarray, angle: float | None) -> SynthSample:
+    """A draw without anomaly (empty mask, α = 0)."""
+    return SynthSample(clean=clean, anomalous=clean.copy(), mask=np.zeros(clean.shape[:2], np.float32), alpha=0.0,
+                       angle=angle)
 
 
 def build_perlin(cfg: PerlinConfig) -> PerlinSynth:

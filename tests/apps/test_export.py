@@ -143,3 +143,36 @@ def test_predict_model_errors_are_one_line(exported, tmp_path, run_app):
     lone.write_bytes((root / "model.onnx").read_bytes())
     code, _, err = run_app(app, "predict", "--model", str(lone), str(images), "--out", str(tmp_path / "p"))
     assert code == 2 and "its sidecar lone.onnx.json is missing" in err and err.count("\n") == 1
+
+
+def test_the_standalone_scorer_needs_no_torch_and_scores_as_predict_model(exported, tmp_path, run_app):
+    """scripts/predict_onnx.py, run where ``import torch`` fails, gives predict --model's scores, decisions and
+    maps (mixed sizes, a grey and a 16-bit grey image, an unreadable file as its error row)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    app, root = exported
+    images = _images(tmp_path / "images", [(40, 56), (97, 31), (20, 20)])
+    rng = np.random.default_rng(7)
+    Image.fromarray((rng.random((45, 45)) * 255).astype(np.uint8), "L").save(images / "grey.png")
+    Image.fromarray((rng.random((33, 50)) * 65535).astype(np.uint16)).save(images / "deep.png")
+    code, _, err = run_app(app, "predict", "--model", str(root / "model.onnx"), str(images), "--out",
+                           str(tmp_path / "ref"), "--save-maps")
+    assert code == 0, err
+    (images / "broken.png").write_bytes(b"not a png")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "predict_onnx.py"
+    blocker = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", blocker, str(script), str(root / "model.onnx"), str(images),
+                           "--out", str(tmp_path / "lite"), "--save-maps", "--batch-size", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr    # the broken file is an error row, the rest scored
+    ref = {Path(r["image"]).name: r for r in _read_csv(tmp_path / "ref" / "predictions.csv")}
+    got = {Path(r["image"]).name: r for r in _read_csv(tmp_path / "lite" / "predictions.csv")}
+    assert "cannot read image" in got.pop("broken.png")["error"] and set(got) == set(ref)
+    for name, r in ref.items():
+        assert got[name]["decision"] == r["decision"] and got[name]["threshold"] == r["threshold"]
+        assert float(got[name]["score"]) == pytest.approx(float(r["score"]), rel=1e-5)
+        stem = Path(name).stem
+        _close(np.load(tmp_path / "lite" / "maps" / f"{stem}.npy"), np.load(tmp_path / "ref" / "maps" / f"{stem}.npy"))

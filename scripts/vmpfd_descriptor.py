@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         data = open_dataset(args.data, **params)
         val_fraction = float(APP.config()["train"]["val_fraction"])
         train_idx, val_idx = split_validation(data.train, val_fraction, args.seed)
-        synth = build("synth", "perlin", texture_dir=args.texture_dir)
+        # (p_clean = 0: every synthetic image carries an anomaly; the default leaves half of them clean)
+        synth = build("synth", "perlin", texture_dir=args.texture_dir, p_clean=0.0)
         rng = np.random.default_rng(args.seed)
         held = [data.train[i].image for i in val_idx]
         anomalous, masks = [], []

@@ -176,6 +176,26 @@ def test_branch_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
     assert "model.pt not found" in capsys.readouterr().err
 
 
+def test_global_error_diagnostic_script(smoke_run, tmp_path, capsys, load_script):
+    """scripts/vmpfd_global_error.py (the border diagnosis of docs/results.md) runs on a finished run: the detail
+    and error ratios, their correlation, and each error map's figures alone and fused; other folders are refused."""
+    import re
+
+    script = load_script("vmpfd_global_error")
+    run, _ = smoke_run
+    assert script.main([str(run)]) == 0
+    out = capsys.readouterr().out
+    ratios = re.search(r"detail σ=1 ([\d.]+), detail σ=2 ([\d.]+), detail σ=4 ([\d.]+), reconstruction error "
+                       r"([\d.]+)$", out, re.M)
+    assert ratios and all(float(x) > 0 for x in ratios.groups()), out
+    assert re.search(r"^correlation of smoothed error and smoothed detail per normal image: mean -?[\d.]+", out, re.M)
+    rows = re.findall(r"^(squared error \(the paper's\)|low-passed σ=[24], squared error|squared error / local "
+                      r"detail)\s+((?:[\d.]+\s+){3})([\d.]+)\s+((?:[\d.]+\s*){3})$", out, re.M)
+    assert len(rows) == 4, out
+    assert all(0 <= float(x) <= 100 for r in rows for x in (r[1] + r[3]).split())
+    assert script.main([str(tmp_path)]) == 2
+
+
 def test_select_best_needs_a_validation_score(tmp_path, run_app):
     code, _, err = run_app(APP, "train", "--preset", "smoke", "--set", 'train.select="best"', "--out",
                            str(tmp_path / "r"), "--no-test")

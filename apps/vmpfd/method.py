@@ -9,7 +9,7 @@
   smoothed by the ``smooth_global`` role).
 - Loss: NLL − λ_vol·log-volume(G_θ)/C_T + λ₁·MSE + (1 − SSIM), λ₁ = 5 (the log-volume term is ours, see
   below). After training, LAM and GAM are normalised with the 0.9/0.995 quantiles of normal validation images and
-  fused; image score = max of the fused map.
+  fused; image score = max of the fused map (``method.image_score = "local"``: of the normalised LAM).
 
 Anti-collapse. The adapter is trained by the NLL alone, and the NLL of T falls whenever G_θ makes T easier to
 predict: the cheapest way is to make it *low-rank* (every channel a mix of a few directions, which the density's
@@ -58,6 +58,7 @@ class VMPFD(Method):
         self.image_size = int(config["data"]["image_size"])
         self.grid, adapter_dim, self.local_features = m.grid, m.adapter_dim, m.local_features
         self.lambda_volume, self.lambda_mse, self.lambda_ssim = m.lambda_volume, m.lambda_mse, m.lambda_ssim
+        self.image_score = m.image_score
         self.pdn_size = m.pdn_input_size or self.image_size   # the PDN may see a smaller image
         self.pdn_cache: dict[str, torch.Tensor] = {}  # pooled PDN features of the training images (frozen PDN)
         # the PDN's distillation (when it has no weights file), checked before any training starts
@@ -203,7 +204,8 @@ class VMPFD(Method):
         lam, gam = self.raw_maps(images)
         lam, gam = self.norm_local(lam), self.norm_global(gam)
         tam = self.fusion([lam, gam])
-        return AnomalyOutput(anomaly_map=tam, score=tam.flatten(1).amax(1),
+        scored = lam if self.image_score == "local" else tam
+        return AnomalyOutput(anomaly_map=tam, score=scored.flatten(1).amax(1),
                              extras={"local": lam, "global": gam})
 
     # -- state ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import attrs
 from ..common.settings import NUMBER, setting
 
 LOCAL_FEATURES = ("sum", "concat", "pdn")
+IMAGE_SCORES = ("fused", "local")
 
 
 @attrs.frozen(kw_only=True)
@@ -15,7 +16,8 @@ class VMPFDSettings:
     """``grid``: the grid both feature maps share; ``local_features``: what the density sees (``sum``: adapter(PDN)
     + encoder map; ``concat``; ``pdn``: adapter(PDN) alone); ``adapter_dim``: the adapter's width ("concat",
     "pdn"); ``lambda_*``: the losses (``lambda_volume``: the adapter's log-volume); ``pdn_input_size``: the image
-    size the PDN sees (0: the image size); ``distill_*``: the PDN's distillation when it has no weights file."""
+    size the PDN sees (0: the image size); ``distill_*``: the PDN's distillation when it has no weights file;
+    ``image_score``: the map whose maximum is the image score (``fused``, the paper's, or ``local``)."""
 
     grid: int = setting(8, int, lambda v: v >= 1, "an integer >= 1")
     adapter_dim: int = setting(128, int, lambda v: v >= 1, "an integer >= 1")
@@ -31,3 +33,4 @@ class VMPFDSettings:
     distill_steps: int = setting(2000, int, lambda v: v >= 1, "an integer >= 1")
     distill_batch_size: int = setting(8, int, lambda v: v >= 1, "an integer >= 1")
     distill_lr: float = setting(5e-4, NUMBER, lambda v: v > 0, "a number > 0", float)
+    image_score: str = setting("fused", str, lambda v: v in IMAGE_SCORES, '"fused" or "local"')

@@ -208,6 +208,7 @@ def test_select_best_needs_a_validation_score(tmp_path, run_app):
     ("method.distill_steps=2.5", "method.distill_steps must be an integer >= 1"),
     ("method.lambda_ssim=-1", "method.lambda_ssim must be a number >= 0"),
     ("method.pdn_input_size=8", "method.pdn_input_size must be 0 (the image size) or an integer >= 32"),
+    ('method.image_score="global"', 'method.image_score must be "fused" or "local"'),
 ])
 def test_method_keys_are_checked_before_training(override, needle):
     """A misspelt [method] key was stored and ignored; bad distillation values failed (or trained) only once
@@ -218,6 +219,21 @@ def test_method_keys_are_checked_before_training(override, needle):
 
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         VMPFD(load_config(APP.app_dir, "smoke", None, [override]), torch.device("cpu"))
+
+
+def test_the_image_score_comes_from_the_map_it_names(smoke_run):
+    """``method.image_score``: the maximum of the fused map (the paper's, and what older runs stored) or of the
+    normalised local map; the anomaly map is the fused one either way."""
+    method, _ = APP.load_method(smoke_run[0], torch.device("cpu"))
+    assert method.image_score == "fused"
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fused = method.predict(images)
+    assert torch.equal(fused.score, fused.anomaly_map.flatten(1).amax(1))
+    method.image_score = "local"
+    local = method.predict(images)
+    assert torch.equal(local.anomaly_map, fused.anomaly_map)
+    assert torch.equal(local.score, local.extras["local"].flatten(1).amax(1))
+    assert not torch.equal(local.score, fused.score)
 
 
 def test_a_frozen_backbone_descriptor_on_a_finer_grid_with_positions(tmp_path, run_app):

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     out = Path(tmp) / f"model{'.onnx' if fmt == 'onnx' else '.xml'}"
                     start = time.perf_counter()
                     export_method(method, out, fmt, log=lambda _: None)
-                    mb = sum(p.stat().st_size for p in Path(tmp).iterdir() if p.stem == "model") / 1e6
+                    parts = [out] if fmt == "onnx" else [out, out.with_suffix(".bin")]   # (IR: .xml + .bin)
+                    mb = sum(p.stat().st_size for p in parts) / 1e6
                     print(f"{app_name} {cfg}: {fmt} export {time.perf_counter() - start:.1f} s, {mb:.1f} MB",
                           flush=True)
                     files[fmt] = out

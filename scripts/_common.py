@@ -1,6 +1,6 @@
-"""What the diagnostic scripts of finished runs share: their argument parser and opening a run through the Python
-API (``apps.common.Run``). Each script imports this as ``_common`` (scripts/ is first on ``sys.path`` when a script
-runs)."""
+"""What the diagnostic scripts of finished runs share: their argument parser, opening a run through the Python
+API (``apps.common.Run``) and held-out images with synthetic anomalies. Each script imports this as ``_common``
+(scripts/ is first on ``sys.path`` when a script runs)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,24 @@ def open_run(app, args: argparse.Namespace, what: str, with_data: bool = False) 
     except SsmadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def with_synthetic_anomalies(held: list, seed: int, texture_dir: str | None = None):
+    """``(images, labels, pixel)`` of the normal images ``held`` (3×H×W tensors in [0, 1]) followed by one Perlin
+    anomaly of each (the ``perlin`` synthesiser with no clean draws, so each one is anomalous; ``texture_dir``
+    None: scikit-image textures), drawn from ``numpy.random.default_rng(seed)``: images 2N×3×H×W, labels 2N (0
+    normal, 1 anomalous), pixel 2N×H×W bool."""
+    import numpy as np
+    import torch
+
+    from ssmad.core import build
+
+    synth, rng = build("synth", "perlin", texture_dir=texture_dir, p_clean=0.0), np.random.default_rng(seed)
+    anomalous, masks = [], []
+    for img in held:
+        _, bad, mask = synth(img.permute(1, 2, 0).numpy(), rng)
+        anomalous.append(torch.from_numpy(np.ascontiguousarray(bad, np.float32)).permute(2, 0, 1))
+        masks.append(np.asarray(mask, np.float32))
+    labels = np.array([0] * len(held) + [1] * len(anomalous))
+    pixel = np.concatenate([np.zeros((len(held), *masks[0].shape)), np.stack(masks)]) > 0.5
+    return torch.stack(held + anomalous), labels, pixel

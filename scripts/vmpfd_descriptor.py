@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +54,8 @@ def pooled(module, size: int, images: torch.Tensor, grid: int, batch: int = 16) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _common import with_synthetic_anomalies
+
     from apps.common import split_validation
     from apps.vmpfd import APP
     from ssmad.core import SsmadError, build
@@ -76,20 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         data = open_dataset(args.data, **params)
         val_fraction = float(APP.config()["train"]["val_fraction"])
         train_idx, val_idx = split_validation(data.train, val_fraction, args.seed)
-        # (p_clean = 0: every synthetic image carries an anomaly; the default leaves half of them clean)
-        synth = build("synth", "perlin", texture_dir=args.texture_dir, p_clean=0.0)
-        rng = np.random.default_rng(args.seed)
         held = [data.train[i].image for i in val_idx]
-        anomalous, masks = [], []
-        for img in held:
-            _, bad, mask = synth(img.permute(1, 2, 0).numpy(), rng)
-            anomalous.append(torch.from_numpy(np.ascontiguousarray(bad, np.float32)).permute(2, 0, 1))
-            masks.append(torch.from_numpy(np.ascontiguousarray(mask, np.float32)))
-        test = torch.stack(held + anomalous)
-        labels = np.array([0] * len(held) + [1] * len(anomalous))
-        pixel = np.concatenate([np.zeros((len(held), *masks[0].shape)), np.stack(masks)]) > 0.5
+        test, labels, pixel = with_synthetic_anomalies(held, args.seed, args.texture_dir)
         train = torch.stack([data.train[i].image for i in train_idx])
-        print(f"{args.data}: {len(train_idx)} training images, {len(held)} held out + {len(anomalous)} synthetic "
+        print(f"{args.data}: {len(train_idx)} training images, {len(held)} held out + {len(held)} synthetic "
               f"anomalies of them (seed {args.seed})")
         print("| descriptor | channels | image AUROC | pixel AUROC | pixel AP | features s/image |")
         print("|---|---:|---:|---:|---:|---:|")

@@ -40,14 +40,13 @@ def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from _common import open_run, run_parser
+    from _common import open_run, run_parser, with_synthetic_anomalies
 
     ap = run_parser(__doc__, "VMPFD-AD", data=True)
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic anomalies (default 0)")
     args = ap.parse_args(argv)
 
     from apps.vmpfd import APP
-    from ssmad.core import build
     from ssmad.scoring import evaluate
 
     if (opened := open_run(APP, args, "VMPFD-AD", with_data=True)) is None:
@@ -57,16 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not held:
         print(f"error: {args.run}: the run held out no normal images", file=sys.stderr)
         return 2
-    synth, rng = build("synth", "perlin", p_clean=0.0), np.random.default_rng(args.seed)   # each one anomalous
-    anomalous, masks = [], []
-    for img in held:
-        _, bad, mask = synth(img.permute(1, 2, 0).numpy(), rng)
-        anomalous.append(torch.from_numpy(np.ascontiguousarray(bad, np.float32)).permute(2, 0, 1))
-        masks.append(mask)
-    images = torch.stack(held + anomalous)
+    images, labels, pixel = with_synthetic_anomalies(held, args.seed)
     n = len(held)
-    labels = np.array([0] * n + [1] * n)
-    pixel = np.concatenate([np.zeros((n, *masks[0].shape)), np.stack(masks)]) > 0.5
     recon, local = [], []
     with torch.no_grad():
         for i in range(0, len(images), 16):

@@ -30,10 +30,9 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _centre(h: int, w: int, rng: np.random.Generator, lo: float, hi: float | None = None) -> np.ndarray:
-    """A point (y, x) with y in [lo, h - hi] and x in [lo, w - hi] (``hi`` defaults to ``lo``)."""
-    hi = lo if hi is None else hi
-    return rng.uniform([lo, lo], [h - hi, w - hi])
+def _centre(h: int, w: int, rng: np.random.Generator, margin: float) -> np.ndarray:
+    """A point (y, x) at least ``margin`` inside an H×W image."""
+    return rng.uniform([margin, margin], [h - margin, w - margin])
 
 
 def blob(shape: tuple[int, int], rng: np.random.Generator, radius: float) -> np.ndarray:

@@ -44,3 +44,21 @@ def test_head_forward_backward(benchmark, case):
     loss = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
     assert torch.isfinite(loss)
     assert benchmark.stats.stats.median < 2.0
+
+
+def test_ssim_loss_forward_backward(benchmark):
+    """VMPFD-AD's SSIM term at its cpu preset's batch (16 images at 256 px)."""
+    from ssmad.heads.losses import ssim
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(16, 3, 256, 256, generator=gen) * 2 - 1).requires_grad_()
+    y = torch.rand(16, 3, 256, 256, generator=gen) * 2 - 1
+
+    def step():
+        x.grad = None
+        loss = 1 - ssim(x, y)
+        loss.backward()
+        return loss
+
+    loss = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    assert torch.isfinite(loss) and x.grad is not None

@@ -33,6 +33,7 @@ from ssmad.scoring import GroupedAP
 
 from ..common.config import build_role, component
 from ..common.data import LazyImages
+from ..common.feature_cache import FeatureCache
 from ..common.method import Method, UnfittedWarning, Validation
 from ..common.settings import read_section
 from . import weight_choice
@@ -74,7 +75,8 @@ class ALMRR(Method):
             raise ConfigError("pipeline.reconstructor: ALMRR needs a reconstructor")
         refiner = build_role(config, "refiner", in_channels=len(m.refiner_inputs), out_channels=2)
         self.modules = ALMRRModel(backbone, reconstructor, refiner, feature_size=m.feature_size,
-                                refiner_inputs=m.refiner_inputs, precision=self.precision, device=device)
+                                refiner_inputs=m.refiner_inputs, precision=self.precision, device=device,
+                                  channels_last=self.channels_last)
         if component(config, "synth") is None:
             raise ConfigError("pipeline.synth: ALMRR trains on synthetic anomalies and needs a synthesiser")
         # built now for training (a bad texture folder fails at once), else when first used (scoring images needs
@@ -98,6 +100,9 @@ class ALMRR(Method):
         self.fit_images: Sequence[torch.Tensor] | None = None   # training images to score epochs with (prepare)
         self.eval_batch_size = int(config["train"].get("eval_batch_size", 8))
         self.modules.to(device)
+        # the frozen backbone's outputs of unrotated clean training images (train_features); bf16 outputs are kept
+        # in bf16, which holds them exactly
+        self.feature_cache = FeatureCache(int(m.feature_cache_mb * 2**20), torch.bfloat16)
 
     @property
     def synth(self):
@@ -124,20 +129,58 @@ class ALMRR(Method):
         return "refiner" in self.modules
 
     # -- data -------------------------------------------------------------------------------------------------
-    def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        return self.synthesise(sample.image, rng)
+    def train_item(self, sample: Sample, rng: np.random.Generator) -> dict[str, Any]:
+        """:meth:`synthesise`'s item of ``sample`` and its ``key`` (the image's path), so that :meth:`train_step`
+        can keep the backbone's outputs of a clean image the draw left as it was."""
+        return {**self.synthesise(sample.image, rng), "key": sample.path}
 
     def synthesise(self, image: torch.Tensor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """``clean``, ``anomalous`` (3×H×W) and ``mask`` (1×H×W) of one synthetic anomaly of ``image``."""
-        clean, anomalous, mask = self.synth(image.permute(1, 2, 0).numpy(), rng)
-        return {"clean": torch.from_numpy(np.ascontiguousarray(clean, np.float32)).permute(2, 0, 1),
-                "anomalous": torch.from_numpy(np.ascontiguousarray(anomalous, np.float32)).permute(2, 0, 1),
-                "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]}
+        """``clean``, ``anomalous`` (3×H×W) and ``mask`` (1×H×W) of one synthetic anomaly of ``image``;
+        ``as_given`` (whether ``clean`` is ``image`` unchanged: not rotated) and ``same`` (whether ``anomalous``
+        is ``clean``: a draw left clean), 0-d bool tensors that let a training step skip repeated work."""
+        given = image.permute(1, 2, 0).numpy()
+        clean, anomalous, mask = self.synth(given, rng)
+        clean = np.ascontiguousarray(clean, np.float32)
+        anomalous = np.ascontiguousarray(anomalous, np.float32)
+        return {"clean": torch.from_numpy(clean).permute(2, 0, 1),
+                "anomalous": torch.from_numpy(anomalous).permute(2, 0, 1),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
+                "as_given": torch.tensor(bool(np.array_equal(clean, given))),
+                "same": torch.tensor(bool(np.array_equal(anomalous, clean)))}
 
     # -- training ---------------------------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        target = self.model.features(batch["clean"])
-        _, recon, logits = self.train_forward(batch["anomalous"])
+    def train_features(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(F of the clean images, F of the anomalous ones)`` of a training batch, in one backbone call on only
+        what has to be computed: an anomalous image that is its clean one (``same``) is not run again, and a
+        clean image the draw left as it was (``as_given``, with the batch's ``key``) comes from the feature cache
+        (``method.feature_cache_mb``) from its second epoch on. Equal to running the backbone on both halves,
+        up to the backbone's own batch-to-batch rounding."""
+        clean, anomalous = batch["clean"], batch["anomalous"]
+        n = len(clean)
+        same = batch["same"].tolist() if "same" in batch else [False] * n
+        keys = batch.get("key")
+        cacheable = [False] * n if keys is None or "as_given" not in batch else batch["as_given"].tolist()
+        cached = [self.feature_cache.get((keys[i], self.precision)) if cacheable[i] else None for i in range(n)]
+        run_clean = [i for i in range(n) if cached[i] is None]
+        run_anomalous = [i for i in range(n) if not same[i]]
+        todo = torch.cat([clean[run_clean], anomalous[run_anomalous]])
+        stages = self.model.stages(todo) if len(todo) else []
+        parts: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
+        for j, (kind, i) in enumerate([("clean", i) for i in run_clean] + [("anomalous", i) for i in run_anomalous]):
+            parts[kind, i] = tuple(s[j] for s in stages)
+        for i in run_clean:
+            if cacheable[i]:
+                self.feature_cache.put((keys[i], self.precision), parts["clean", i])
+        clean_parts = [parts["clean", i] if cached[i] is None else cached[i] for i in range(n)]
+        target = self.model.join([torch.stack(s) for s in zip(*clean_parts, strict=True)])
+        if not run_anomalous:
+            return target, target
+        anomalous_parts = [clean_parts[i] if same[i] else parts["anomalous", i] for i in range(n)]
+        return target, self.model.join([torch.stack(s) for s in zip(*anomalous_parts, strict=True)])
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        target, feats = self.train_features(batch)
+        _, recon, logits = self.train_forward(batch["anomalous"], feats)
         l_rec = F.mse_loss(recon, target)
         out = {"rec": l_rec}
         loss = self.lambdas["rec"] * l_rec
@@ -196,10 +239,16 @@ class ALMRR(Method):
         """Fit the distance branch on the held-out ``normal_images`` (a distance that wants many images on
         ``train_images``), then ("auto") choose the distance weight on synthetic anomalies of at most
         ``weight_choice.MAX_IMAGES`` of them."""
+        cache = self.feature_cache
+        lines = []
+        if cache.hits + cache.misses:
+            lines.append(f"feature cache: the backbone's outputs of {len(cache)} unrotated clean training images "
+                         f"kept ({cache.nbytes / 2**20:.0f} MB of method.feature_cache_mb); {cache.hits} of "
+                         f"{cache.hits + cache.misses} look-ups found them")
+        cache.clear()   # training is over: the memory goes back
         start = time.perf_counter()
         fitted = self._fit_distance(normal_images, train_images)
         self._final_fit = True
-        lines = []
         if normal_images and train_images and self.distance.wants_many_images:
             lines.append(f"pipeline.distance ({self.distance.metric_name}) fitted on the residuals of the "
                          f"{len(train_images)} training images ({time.perf_counter() - start:.0f} s with the other "

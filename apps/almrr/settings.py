@@ -28,8 +28,9 @@ class ALMRRSettings:
     ``refiner_inputs``: the refiner's input channels (the paper: the two channel means); ``distance_weight``: the
     weight of the scaled distance map added to the refined map, or "auto" (chosen after training among
     ``distance_weight_candidates``); ``fusion``: how the two maps join (apps/almrr/fusion.py);
-    ``image_distance_weight``: the image score's own weight, or "map" (the map's
-    score)."""
+    ``image_distance_weight``: the image score's own weight, or "map" (the map's score); ``feature_cache_mb``: the
+    memory that keeps the frozen backbone's outputs of training images a draw leaves as they are, so that later
+    epochs do not compute them again (0: none)."""
 
     feature_size: int = setting(64, int, lambda v: v >= 4, "an integer >= 4")
     lambda_rec: float = setting(1.0, NUMBER, lambda v: v >= 0, "a number >= 0", float)
@@ -46,3 +47,4 @@ class ALMRRSettings:
     fusion: str = setting("sum", str, lambda v: v in FUSIONS, f"one of {list(FUSIONS)}")
     image_distance_weight: float | str = setting("map", (int, float, str), lambda v: v == "map" or is_weight(v),
                                                  'a number >= 0 or "map"')
+    feature_cache_mb: float = setting(0, NUMBER, lambda v: v >= 0, "a number >= 0 (0: no cache)", float)

@@ -29,19 +29,28 @@ class ALMRRModel(Networks):
 
     def __init__(self, backbone: nn.Module, reconstructor: nn.Module, refiner: nn.Module | None, *,
                  feature_size: int, refiner_inputs: Sequence[str], precision: str = "fp32",
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, channels_last: bool = False) -> None:
         modules = {"backbone": backbone, "reconstructor": reconstructor}
         if refiner is not None:
             modules["refiner"] = refiner
-        super().__init__(modules, precision, device)
+        super().__init__(modules, precision, device, channels_last)
         self.feature_size = int(feature_size)
         self.refiner_inputs = tuple(refiner_inputs)
+
+    @torch.no_grad()
+    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's stage outputs of B×3×H×W images (fp32, no gradient: it is frozen)."""
+        return list(self.run("backbone", images))
+
+    def join(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """Stage outputs (:meth:`stages`) resized to S×S and concatenated: B×C×S×S."""
+        return concat_stages(stages, self.feature_size)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's stages of B×3×H×W images, resized to S×S and concatenated: B×C×S×S (no gradient: it is
         frozen)."""
-        return concat_stages(self.run("backbone", images), self.feature_size)
+        return self.join(self.stages(images))
 
     def reconstruct(self, feats: torch.Tensor) -> torch.Tensor:
         """F̂ of F (B×C×S×S)."""
@@ -54,8 +63,10 @@ class ALMRRModel(Networks):
                  "distance": lambda: squared_distance(recon, feats).clamp_min(1e-8).log()}
         return self.run("refiner", torch.cat([parts[k]() for k in self.refiner_inputs], 1))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(F, F̂, logits)`` of B×3×H×W images (logits None without a refiner)."""
-        feats = self.features(images)
+    def forward(self, images: torch.Tensor, feats: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(F, F̂, logits)`` of B×3×H×W images (logits None without a refiner); ``feats``: their F when already
+        computed (the images are then not read)."""
+        feats = self.features(images) if feats is None else feats
         recon = self.reconstruct(feats)
         return feats, recon, (self.refine(recon, feats) if "refiner" in self else None)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ssmad.core import AnomalyOutput, Sample
-from ssmad.core.device import resolve_precision
+from ssmad.core.device import allow_tf32, resolve_precision
 
 from .config import build_role
 from .networks import Networks
@@ -69,14 +69,20 @@ class Method(ABC):
         self.config = config
         self.device = device
         #: the networks by role (a method may replace this with its own torch model, a :class:`Networks`)
-        self.modules: Networks = Networks(
-            precision=resolve_precision(read_section(TrainSettings, config, "train").precision, device),
-            device=device)
+        train = read_section(TrainSettings, config, "train")
+        allow_tf32(device, train.precision)
+        self.modules: Networks = Networks(precision=resolve_precision(train.precision, device), device=device,
+                                          channels_last=train.memory_format != "contiguous")
 
     @property
     def model(self) -> Networks:
         """The method's torch model (:attr:`modules`, under the name its own class gives it)."""
         return self.modules
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the networks run in the channels-last memory format (``train.memory_format``)."""
+        return self.modules.channels_last
 
     @property
     def precision(self) -> str:

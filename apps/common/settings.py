@@ -59,6 +59,9 @@ def is_weight(value: Any) -> bool:
 #: train.select: keep the last epoch's model, or the epoch whose model scores best on held-out normal images with
 #: synthetic anomalies (methods with Method.validation_score only)
 SELECT = ("last", "best")
+#: ``train.memory_format``: of the networks' 4-D weights and inputs; "auto" is channels-last (the faster layout of
+#: convolutions on CPUs and GPUs alike, measured in docs/speed.md)
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 @attrs.frozen(kw_only=True)
@@ -80,3 +83,5 @@ class TrainSettings:
     select: str = setting("last", str, lambda v: v in SELECT, f"one of {', '.join(repr(v) for v in SELECT)}")
     select_images: int = setting(32, int, lambda v: v >= 1, "an integer >= 1")
     precision: str = setting("fp32", str, lambda v: v in PRECISIONS, f"one of {', '.join(map(repr, PRECISIONS))}")
+    memory_format: str = setting("contiguous", str, lambda v: v in MEMORY_FORMATS,
+                                 f"one of {', '.join(map(repr, MEMORY_FORMATS))}")

@@ -94,7 +94,7 @@ class VMPFD(Method):
         modules["density"] = build_role(config, "density", in_channels=t_dim,
                                         **({"grid": self.grid} if density.get("position") else {}))
         self.modules = VMPFDModel(modules, grid=self.grid, pdn_size=self.pdn_size, local_features=self.local_features,
-                                precision=self.precision, device=device)
+                                precision=self.precision, device=device, channels_last=self.channels_last)
         self.smooth = build_role(config, "smooth_global") if component(config, "smooth_global") else None
         self.norm_local = build_role(config, "norm_local")
         self.norm_global = build_role(config, "norm_global")

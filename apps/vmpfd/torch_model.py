@@ -44,8 +44,9 @@ class VMPFDModel(Networks):
     ``local_features``: "sum", "concat" or "pdn" (how T is made of the adapted PDN features and the encoder map)."""
 
     def __init__(self, modules: dict[str, nn.Module], *, grid: int, pdn_size: int, local_features: str,
-                 precision: str = "fp32", device: torch.device | None = None) -> None:
-        super().__init__(modules, precision, device)
+                 precision: str = "fp32", device: torch.device | None = None,
+                 channels_last: bool = False) -> None:
+        super().__init__(modules, precision, device, channels_last)
         self.grid, self.pdn_size, self.local_features = int(grid), int(pdn_size), local_features
 
     @torch.no_grad()

@@ -80,3 +80,30 @@ def test_fp16_on_a_cpu_is_one_error_naming_the_key(tmp_path, run_app):
     assert code == 2 and err.strip().splitlines() == [
         'error: train.precision = "fp16" needs a CUDA device; on a CPU use "bf16" or "fp32"']
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("app", [ALMRR_APP, VMPFD_APP], ids=["almrr", "vmpfd"])
+def test_channels_last_and_the_feature_cache_change_only_rounding(app, tmp_path, run_app):
+    """The same seed in fp32 with the defaults (channels-last; ALMRR's feature cache) and with the path runs took
+    before them (contiguous, no cache) logs every loss within 0.1%: the layouts and the cache reorder no more than
+    the convolutions' own sums."""
+    before = ['train.memory_format="contiguous"'] + (["method.feature_cache_mb=0"] if app is ALMRR_APP else [])
+    logs = []
+    for name, sets in (("before", before), ("defaults", [])):
+        args = [a for s in ['train.precision="fp32"', *sets] for a in ("--set", s)]
+        run = tmp_path / name
+        code, _, err = run_app(app, "train", "--preset", "smoke", "--epochs", "2", *args, "--out", str(run),
+                               "--device", "cpu")
+        assert code == 0, err
+        logs.append([json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()])
+    for a, b in zip(*logs, strict=True):
+        for key in a:
+            if key not in ("epoch", "seconds"):
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), (key, a, b)
+
+
+def test_a_bad_memory_format_is_one_error_naming_the_key(tmp_path, run_app):
+    code, _, err = run_app(ALMRR_APP, "train", "--preset", "smoke", "--set", 'train.memory_format="nhwc"',
+                           "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert code == 2 and "train.memory_format" in err and "'channels_last'" in err, err
+    assert not (tmp_path / "run").exists()

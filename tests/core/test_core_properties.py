@@ -84,3 +84,16 @@ def test_fmt_time_of_an_unknown_duration():
     from ssmad.core import fmt_time
 
     assert fmt_time(float("inf")) == fmt_time(float("nan")) == "?"
+
+
+@settings(deadline=None)
+@given(precision=st.sampled_from(["auto", "fp32", "bf16", "fp16"]))
+def test_tf32_follows_the_precision_asked_and_leaves_cpu_runs_alone(precision):
+    """TF32 exactly when the user accepted reduced precision; on a CPU PyTorch's CUDA flags are not touched."""
+    import torch
+
+    from ssmad.core.device import allow_tf32
+
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    assert allow_tf32(torch.device("cpu"), precision) is (precision != "fp32")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags

@@ -36,7 +36,7 @@ from .records import AnomalyOutput, Sample
 from .registry import KINDS, ComponentInfo, Registry, build, build_spec, components, describe, registry, reset_registry
 from .text import fmt_time
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "KINDS", "AnomalyOutput", "CheckpointError", "ComponentInfo", "ConfigError", "DataError", "MissingParameterError",

@@ -71,3 +71,17 @@ def autocast(device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def allow_tf32(device, precision: str) -> bool:
+    """Let CUDA run fp32 matrix products and convolutions in TF32 (10-bit mantissa, fp32 range; several times
+    faster on Ampere and later) when the ``train.precision`` a user set, ``precision`` (not yet resolved), accepts
+    reduced precision: "auto", "bf16" or "fp16". An explicit "fp32" keeps full fp32. Returns the choice; sets
+    PyTorch's process-wide flags on CUDA devices only (elsewhere they mean nothing)."""
+    import torch
+
+    tf32 = precision != "fp32"
+    if getattr(device, "type", None) == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return tf32

@@ -34,7 +34,7 @@ from .reconstructors import (
 )
 from .refiner import RefinerConfig, RefinerUNet, build_refiner, level_widths
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AutoencoderConfig", "BlindSpotConv2d", "ConvBlock", "FeatureReconstructor", "ImageAutoencoder",

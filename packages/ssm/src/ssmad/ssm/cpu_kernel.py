@@ -1,7 +1,8 @@
 """The selective scan as a small compiled CPU kernel (``scan``/``cpu``), built on first use.
 
 ``csrc/selective_scan_cpu.cpp`` holds the forward and the adjoint (backward) recurrence, one channel at a time
-with the N states in cache; this module compiles it with the system's C++ compiler into a plain shared library
+with the N states in cache, with Δ's bias and softplus, the D·u skip and the silu gate fused into them (and their
+gradients: one pass over the tensors each way, not one per elementwise step); this module compiles it with the system's C++ compiler into a plain shared library
 (no Python or torch headers: it builds in a second or two), loads it with ``ctypes`` and wraps it in an autograd
 function. Work is split over channel ranges run on ``torch.get_num_threads()`` threads: by OpenMP inside the
 kernel where the compiler has it (PyTorch's own OpenMP runtime, already loaded, whose threads are warm), else by a
@@ -35,14 +36,14 @@ from torch import Tensor
 
 from ssmad.core import ConfigError
 
-from .ops import KernelScan, _check, _compute_dtype
+from .ops import _check, _compute_dtype
 
 __all__ = ["cpu_kernel_available", "cpu_kernel_status", "selective_scan_cpu"]
 
 ENV_SWITCH = "SSMAD_CPU_KERNEL"
 ENV_CACHE = "SSMAD_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _COMMON_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 # tried in order: the first set that compiles is used
 _FLAG_SETS = [["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native", "-fopenmp-simd"],
@@ -165,10 +166,10 @@ def _bind(lib: ctypes.CDLL) -> dict[torch.dtype, tuple]:
     fns = {}
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
         fwd = getattr(lib, f"ssmad_scan_forward_{suffix}")
-        fwd.argtypes = [p] * 7 + [i] * 7
+        fwd.argtypes = [p] * 10 + [i] * 8
         fwd.restype = ctypes.c_int
         bwd = getattr(lib, f"ssmad_scan_backward_{suffix}")
-        bwd.argtypes = [p] * 12 + [i] * 7
+        bwd.argtypes = [p] * 18 + [i] * 8
         bwd.restype = ctypes.c_int
         fns[dtype] = (fwd, bwd, openmp)
     return fns
@@ -241,34 +242,57 @@ def _run(fn, openmp: bool, parts: int, *args) -> None:
                           f"up to {8 * (2 * length + 1) * n} bytes per thread)")
 
 
-class _CpuCore:
-    """The compiled kernel as a :class:`~ssmad.ssm.ops.KernelScan` core: float32 or float64 arithmetic, channel
-    ranges on ``torch.get_num_threads()`` threads."""
+class _CpuScan(torch.autograd.Function):
+    """The whole selective scan in the compiled kernel (float32 or float64 arithmetic; inputs of other dtypes are
+    cast, outputs and gradients come back in the inputs' dtypes), channel ranges on ``torch.get_num_threads()``
+    threads. Saved for backward: the inputs in the arithmetic's dtype; the kernel recomputes the rest."""
 
     @staticmethod
-    def dtype(u: Tensor) -> torch.dtype:
-        return _compute_dtype(u)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        ct = _compute_dtype(u)
+        fwd, _, openmp = _load()[ct]  # type: ignore[index]
 
-    @staticmethod
-    def forward(u, dl, a, b_t, c_t, y, last) -> None:
-        fwd, _, openmp = _load()[u.dtype]  # type: ignore[index]
+        def prep(t):
+            return None if t is None else t.to(ct).contiguous()
+
+        u_c, d_c, z_c, a_c, dv, bias = prep(u), prep(delta), prep(z), prep(A), prep(D), prep(delta_bias)
+        b_t = B.to(ct).transpose(1, 2).contiguous()                    # B×L×N
+        c_t = C.to(ct).transpose(1, 2).contiguous()
         nb, nd, length = u.shape
-        _run(fwd, openmp, _parts(nd), _ptr(u), _ptr(dl), _ptr(a), _ptr(b_t), _ptr(c_t), _ptr(y), _ptr(last),
-             nb, nd, length, a.shape[1])
+        n = A.shape[1]
+        out = torch.empty_like(u_c)
+        last = u_c.new_empty(nb, nd, n) if return_last_state else None
+        _run(fwd, openmp, _parts(nd), _ptr(u_c), _ptr(d_c), _ptr(bias), _ptr(dv), _ptr(z_c), _ptr(a_c), _ptr(b_t),
+             _ptr(c_t), _ptr(out), _ptr(last), int(delta_softplus), nb, nd, length, n)
+        ctx.save_for_backward(u_c, d_c, z_c, a_c, dv, bias, b_t, c_t)
+        # each input's dtype (None where absent): its gradient's
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias))
+        ctx.delta_softplus = bool(delta_softplus)
+        out = out.to(u.dtype)
+        return (out, last) if return_last_state else out
 
     @staticmethod
-    def backward(u, dl, a, b_t, c_t, gy, glast):
-        _, bwd, openmp = _load()[u.dtype]  # type: ignore[index]
-        nb, nd, length = u.shape
-        n = a.shape[1]
+    def backward(ctx, gout, glast=None):
+        u_c, d_c, z_c, a_c, dv, bias, b_t, c_t = ctx.saved_tensors
+        _, bwd, openmp = _load()[u_c.dtype]  # type: ignore[index]
+        nb, nd, length = u_c.shape
+        n = a_c.shape[1]
         parts = _parts(nd)
-        g_du, g_dl = torch.empty_like(u), torch.empty_like(u)
-        g_a = u.new_zeros(nd, n)
-        g_b = u.new_zeros(parts, nb, length, n)                        # one accumulator per channel range
-        g_c = u.new_zeros(parts, nb, length, n)
-        _run(bwd, openmp, parts, _ptr(u), _ptr(dl), _ptr(a), _ptr(b_t), _ptr(c_t), _ptr(gy), _ptr(glast),
-             _ptr(g_du), _ptr(g_dl), _ptr(g_a), _ptr(g_b), _ptr(g_c), nb, nd, length, n)
-        return g_du, g_dl, g_a, g_b.sum(0), g_c.sum(0)
+        go = gout.to(u_c.dtype).contiguous()
+        glast = None if glast is None else glast.to(u_c.dtype).contiguous()
+        g_u, g_delta = torch.empty_like(u_c), torch.empty_like(u_c)
+        g_z = torch.empty_like(u_c) if z_c is not None else None
+        g_a = u_c.new_zeros(nd, n)
+        g_b = u_c.new_zeros(parts, nb, length, n)                     # one accumulator per channel range
+        g_c = u_c.new_zeros(parts, nb, length, n)
+        g_d = u_c.new_empty(nd) if dv is not None else None
+        g_bias = u_c.new_empty(nd) if bias is not None else None
+        _run(bwd, openmp, parts, _ptr(u_c), _ptr(d_c), _ptr(bias), _ptr(dv), _ptr(z_c), _ptr(a_c), _ptr(b_t),
+             _ptr(c_t), _ptr(go), _ptr(glast), _ptr(g_u), _ptr(g_delta), _ptr(g_z), _ptr(g_a), _ptr(g_b),
+             _ptr(g_c), _ptr(g_d), _ptr(g_bias), int(ctx.delta_softplus), nb, nd, length, n)
+        grads = (g_u, g_delta, g_a, g_b.sum(0).transpose(1, 2), g_c.sum(0).transpose(1, 2), g_d, g_z, g_bias)
+        return (*(None if g is None or dt is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes, strict=True)),
+                None, None)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -281,5 +305,4 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if _load() is None:
         raise RuntimeError(f"selective scan 'cpu': the compiled kernel is {cpu_kernel_status()} "
                            "(use 'torch' or 'auto', which fall back to pure PyTorch)")
-    return KernelScan.apply(_CpuCore, u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                            bool(return_last_state))
+    return _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state))

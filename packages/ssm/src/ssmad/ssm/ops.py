@@ -1,6 +1,6 @@
 """What the selective-scan backends share: the argument checks, the arithmetic dtype, Δ's bias and softplus, the
-silu gate's backward, and :class:`KernelScan`, the autograd function around a compiled kernel's core (``cpu``,
-``triton``). Every backend module imports this one; it imports none of them."""
+silu gate's backward, and :class:`KernelScan`, the autograd function around a compiled kernel's core (``triton``;
+the ``cpu`` kernel fuses those parts itself). Every backend module imports this one; it imports none of them."""
 
 from __future__ import annotations
 

@@ -19,13 +19,15 @@ import argparse
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from speed import BEFORE, training_samples
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # speed.py beside it, however this file is loaded
+from speed import BEFORE, training_samples  # noqa: E402
 
 PARTS = {"almrr": ("synthesis", "backbone", "reconstructor", "refiner", "losses", "backward", "optimizer"),
          "vmpfd": ("autoencoder", "local branch", "losses", "backward", "optimizer")}

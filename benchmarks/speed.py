@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-
 #: the settings of the path every run took before (the defaults have none of these)
 BEFORE = {"almrr": ['train.precision="fp32"', 'train.memory_format="contiguous"', "method.feature_cache_mb=0"],
           "vmpfd": ['train.precision="fp32"', 'train.memory_format="contiguous"']}

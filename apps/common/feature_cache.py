@@ -17,7 +17,8 @@ class FeatureCache:
     stores nothing more: a training visits every image once per epoch, so evicting would only trade one miss for
     another. ``dtype``: a lower precision floating tensors are stored in where it holds them exactly (values that
     came out of a network run in it; others are stored as given), so :meth:`get` returns what was put, bit for
-    bit, in the dtype it was put in. ``max_bytes`` 0 stores nothing. The owner keys the entries by what the outputs depend on (the image, the network's precision)."""
+    bit, in the dtype it was put in. ``max_bytes`` 0 stores nothing. The owner keys the entries by what the
+    outputs depend on (the image, the network's precision)."""
 
     def __init__(self, max_bytes: int, dtype: torch.dtype | None = None) -> None:
         if max_bytes < 0:

@@ -19,13 +19,15 @@ def test_speed_benchmark_prints_its_speedup_line(capsys):
                         r"vmpfd infer \d+\.\d", last), last
 
 
-def test_step_profile_prints_every_part_in_both_precisions(capsys):
+@pytest.mark.parametrize("app", ["almrr", "vmpfd"])
+def test_step_profile_prints_every_part_of_both_paths(app, capsys):
     spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--preset", "smoke", "--steps", "1"]) == 0
+    assert module.main(["--app", app, "--preset", "smoke", "--steps", "1"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\| (\w+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", out, re.M)
-    assert [r[0] for r in rows] == [*module.PARTS, "total"]
-    fp32, bf16 = (sum(float(r[i]) for r in rows[:-1]) for i in (1, 2))
-    assert float(rows[-1][1]) == pytest.approx(fp32, abs=0.004) and float(rows[-1][2]) == pytest.approx(bf16, abs=0.004)
+    rows = re.findall(r"^\| ([a-z ]+) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", out, re.M)
+    assert [r[0] for r in rows] == [*module.PARTS[app], "total"]
+    before, defaults = (sum(float(r[i]) for r in rows[:-1]) for i in (1, 2))
+    assert float(rows[-1][1]) == pytest.approx(before, abs=0.004)
+    assert float(rows[-1][2]) == pytest.approx(defaults, abs=0.004)

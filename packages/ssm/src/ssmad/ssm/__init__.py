@@ -24,7 +24,7 @@ from .scan import (
     selective_scan_torch,
 )
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "AutoScan", "BiMambaMixer", "DropPath", "RMSNorm", "ViMBlock", "ViMEncoder", "causal_conv1d",

@@ -2,8 +2,9 @@
 
 ``csrc/selective_scan_cpu.cpp`` holds the forward and the adjoint (backward) recurrence, one channel at a time
 with the N states in cache, with Δ's bias and softplus, the D·u skip and the silu gate fused into them (and their
-gradients: one pass over the tensors each way, not one per elementwise step); this module compiles it with the system's C++ compiler into a plain shared library
-(no Python or torch headers: it builds in a second or two), loads it with ``ctypes`` and wraps it in an autograd
+gradients: one pass over the tensors each way, not one per elementwise step); this module compiles it with the
+system's C++ compiler into a plain shared library (no Python or torch headers: it builds in a second or two),
+loads it with ``ctypes`` and wraps it in an autograd
 function. Work is split over channel ranges run on ``torch.get_num_threads()`` threads: by OpenMP inside the
 kernel where the compiler has it (PyTorch's own OpenMP runtime, already loaded, whose threads are warm), else by a
 small Python thread pool (ctypes releases the GIL during the call). The library is cached in
